@@ -1,0 +1,3 @@
+from kubeha.cli.main import main
+
+main()

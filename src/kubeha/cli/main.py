@@ -1,0 +1,33 @@
+"""The `kubeha` command: thin typer commands over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from kubeha.cli import lab
+from kubeha.errors import KubehaError
+
+app = typer.Typer(
+    name="kubeha",
+    help="Plan, check and change the highly available control plane of a self-managed "
+         "Kubernetes cluster: VIP, load balancers, etcd and masters, without downtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(lab.app, name="lab")
+
+err = Console(stderr=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except KubehaError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

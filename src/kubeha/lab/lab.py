@@ -1,0 +1,412 @@
+"""Build, inspect and remove the lab: a multi-host HA control plane on one Linux machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import httpx
+from ruamel.yaml import YAML
+
+from kubeha.errors import LabError
+from kubeha.lab import namespaces as ns
+from kubeha.lab.objects import cluster_objects
+from kubeha.lab.topology import (
+    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, static_pods,
+)
+from kubeha.model import Cluster, Host
+from kubeha.pki.cluster import ADMIN, ClusterAuthorities, client_cert
+from kubeha.render import render_kubeconfig
+
+DEFAULT_STATE_DIR = Path("/var/lib/kubeha-lab")
+READY_TIMEOUT = 120.0
+STANDINS = {
+    "kube-apiserver": "apiserver",
+    "kube-controller-manager": "controller_manager",
+    "kube-scheduler": "scheduler",
+    "kubelet": "kubelet",
+}
+REQUIRED_BINARIES = ("ip", "unshare", "nsenter", "/usr/sbin/sshd", "ssh-keygen", "etcd", "etcdctl",
+                     "haproxy", "keepalived", "nginx", "findmnt")
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> LabPaths:
+        return cls(Path(os.environ.get("KUBEHA_LAB_DIR", DEFAULT_STATE_DIR)))
+
+    ns_dir = property(lambda self: self.root / "ns")
+    bin_dir = property(lambda self: self.root / "bin")
+    state_file = property(lambda self: self.root / "lab.json")
+    created_mount_targets = property(lambda self: self.root / "created-mount-targets.json")
+    ssh_key = property(lambda self: self.root / "ssh" / "id_ed25519")
+    known_hosts = property(lambda self: self.root / "ssh" / "known_hosts")
+    admin_kubeconfig = property(lambda self: self.root / "admin.conf")
+    inventory = property(lambda self: self.root / "cluster.yaml")
+    ca_cert = property(lambda self: self.root / "pki" / "ca.crt")
+    admin_cert = property(lambda self: self.root / "pki" / "admin.crt")
+    admin_key = property(lambda self: self.root / "pki" / "admin.key")
+
+    def host_root(self, host: str) -> Path:
+        return self.root / "hosts" / host
+
+    def on_host(self, host: str, path: PurePosixPath | str) -> Path:
+        """Where the file ``path`` of lab host ``host`` lives on this machine."""
+        path = str(path)
+        if path in ns.HOST_PRIVATE_FILES:
+            return self.host_root(host) / path.strip("/").replace("/", "_")
+        for private in sorted(ns.HOST_PRIVATE_DIRS, key=len, reverse=True):
+            if path == private or path.startswith(private + "/"):
+                return self.host_root(host) / path.lstrip("/")
+        raise LabError(f"{path} is not private to a lab host; the lab can only install files "
+                       f"under {', '.join(ns.HOST_PRIVATE_DIRS)}")
+
+
+def _write(path: Path, content: bytes | str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+class Lab:
+    """One lab on this machine, kept in ``paths.root``."""
+
+    def __init__(self, paths: LabPaths | None = None, log: Callable[[str], None] = lambda _: None):
+        self.paths = paths or LabPaths.default()
+        self.log = log
+
+    # ---- state -------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.paths.root.exists() or bool(ns.lab_netns()) or ns.bridge_exists()
+
+    def topology(self) -> LabTopology:
+        try:
+            state = json.loads(self.paths.state_file.read_text())
+        except FileNotFoundError as e:
+            raise LabError("no lab is running: start one with 'kubeha lab up'") from e
+        return LabTopology(cluster=Cluster.model_validate(state["cluster"]),
+                           spares=tuple(Host.model_validate(h) for h in state["spares"]),
+                           subnet=IPv4Network(state["subnet"]))
+
+    def host(self, name: str) -> Host:
+        for h in self.topology().hosts:
+            if h.name == name:
+                return h
+        names = ", ".join(h.name for h in self.topology().hosts)
+        raise LabError(f"no lab host named {name!r}: the lab has {names}")
+
+    def on(self, host: str, cmd: list[str], *, check: bool = True,
+           timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` on a lab host directly (not over SSH): for building and inspecting the lab."""
+        return ns.run(ns.HostNamespaces(self.paths.ns_dir, host).enter(cmd), check=check,
+                      timeout=timeout)
+
+    # ---- up ----------------------------------------------------------------------------
+
+    def up(self, spec: LabSpec) -> LabTopology:
+        topology = lab_topology(spec)
+        _require_root_and_binaries()
+        if self.exists():
+            self.log("removing a stale lab first")
+            self.down()
+        ns.check_subnet_free(spec.subnet)
+        started = time.monotonic()
+        try:
+            self._build(topology)
+            self._start_services(topology.cluster)
+            self._wait_ready(topology.cluster, started + READY_TIMEOUT)
+            self._create_cluster_objects(topology.cluster)
+        except BaseException:
+            self.log("lab up failed: removing what it built")
+            self.down()
+            raise
+        self.log(f"lab ready in {time.monotonic() - started:.1f} s")
+        return topology
+
+    def _build(self, topology: LabTopology) -> None:
+        cluster = topology.cluster
+        root = self.paths.root
+        root.mkdir(parents=True)
+        os.chmod(root, 0o700)
+        _write(self.paths.state_file, json.dumps({
+            "cluster": cluster.model_dump(mode="json"),
+            "spares": [h.model_dump(mode="json") for h in topology.spares],
+            "subnet": str(topology.subnet),
+        }, indent=2), 0o600)
+        self._write_standins()
+        self._write_ssh_keys(topology)
+        auth = ClusterAuthorities.create(cluster.layout)
+        self._write_operator_files(cluster, auth)
+        _write(self.paths.created_mount_targets, json.dumps(ns.create_mount_targets()))
+        ns.prepare_ns_dir(self.paths.ns_dir)
+        network = ns.LabNetwork(topology.subnet)
+        ns.create_bridge(network)
+        hosts_text = etc_hosts(topology)
+        # Certificates are the slow part of a host: make them in parallel, then build hosts.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            files = list(pool.map(lambda h: host_files(cluster, h, auth) if h in cluster.hosts else {},
+                                  topology.hosts))
+        for index, (host, host_file_set) in enumerate(zip(topology.hosts, files)):
+            self.log(f"building host {host.name} ({host.address})")
+            ns.create_host_network(host.name, index, host.address, network)
+            self._write_host_files(host, host_file_set, hosts_text)
+            ns.HostNamespaces(self.paths.ns_dir, host.name).create(
+                self.paths.host_root(host.name), self._binds(host))
+            self.on(host.name, ["/usr/sbin/sshd", "-f", "/etc/ssh/sshd_config"])
+
+    def _write_standins(self) -> None:
+        python = sys.executable
+        for command, module in STANDINS.items():
+            _write(self.paths.bin_dir / command,
+                   f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.{module} "$@"\n', 0o755)
+        _write(self.paths.bin_dir / "systemctl",
+               f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.systemctl "$@"\n', 0o755)
+        _write(self.paths.bin_dir / "journalctl",
+               f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.systemctl journalctl "$@"\n', 0o755)
+
+    def _write_ssh_keys(self, topology: LabTopology) -> None:
+        key = self.paths.ssh_key
+        key.parent.mkdir(mode=0o700)
+        ns.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubeha-lab", "-f", str(key)])
+        known = []
+        for host in topology.hosts:
+            host_key = self.paths.on_host(host.name, "/etc/ssh/ssh_host_ed25519_key")
+            host_key.parent.mkdir(parents=True)
+            ns.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(host_key)])
+            public = host_key.with_suffix(".pub").read_text().split()
+            known.append(f"{host.address},{host.name} {public[0]} {public[1]}")
+        _write(self.paths.known_hosts, "\n".join(known) + "\n", 0o644)
+
+    def _write_operator_files(self, cluster: Cluster, auth: ClusterAuthorities) -> None:
+        admin = client_cert(auth, ADMIN)
+        _write(self.paths.ca_cert, auth.ca.cert_pem)
+        _write(self.paths.admin_cert, admin.cert_pem)
+        _write(self.paths.admin_key, admin.key_pem, 0o600)
+        _write(self.paths.admin_kubeconfig, render_kubeconfig(
+            cluster_name=cluster.name, server=cluster.endpoint, ca_pem=auth.ca.cert_pem,
+            client_cert_pem=admin.cert_pem, client_key_pem=admin.key_pem, user=ADMIN[0]), 0o600)
+        yaml = YAML()
+        with self.paths.inventory.open("w") as f:
+            yaml.dump(cluster.model_dump(mode="json"), f)
+
+    def _write_host_files(self, host: Host, files: dict, hosts_text: str) -> None:
+        name = host.name
+        for private in ns.HOST_PRIVATE_DIRS:
+            self.paths.on_host(name, private).mkdir(parents=True, exist_ok=True)
+        for path, mode in (("/root", 0o700), ("/var/lib/etcd", 0o700)):
+            os.chmod(self.paths.on_host(name, path), mode)
+        for d in ("/run/sshd", "/run/lock", "/var/log/nginx", "/root/.ssh"):
+            self.paths.on_host(name, d).mkdir(mode=0o700 if d == "/root/.ssh" else 0o755, exist_ok=True)
+        public_key = self.paths.ssh_key.with_suffix(".pub").read_text()
+        _write(self.paths.on_host(name, "/root/.ssh/authorized_keys"), public_key, 0o600)
+        _write(self.paths.on_host(name, "/etc/ssh/sshd_config"), SSHD_CONFIG)
+        _write(self.paths.on_host(name, "/etc/hosts"), hosts_text)
+        for path, (content, mode) in files.items():
+            _write(self.paths.on_host(name, path), content, mode)
+
+    def _binds(self, host: Host) -> list[tuple[Path, str]]:
+        binds = [(self.paths.on_host(host.name, d), d) for d in ns.HOST_PRIVATE_DIRS
+                 if d != "/usr/local/bin"]
+        binds += [(self.paths.on_host(host.name, f), f) for f in ns.HOST_PRIVATE_FILES]
+        binds.append((self.paths.bin_dir, "/usr/local/bin"))
+        binds += [(self.paths.bin_dir / c, f"/usr/bin/{c}") for c in ns.STANDIN_COMMANDS
+                  if Path(f"/usr/bin/{c}").exists()]
+        return binds
+
+    def _start_services(self, cluster: Cluster) -> None:
+        for host in cluster.hosts:
+            units = host_services(cluster, host)
+            self.log(f"starting {', '.join(units)} on {host.name}")
+            self.on(host.name, ["systemctl", "start", "--no-block", *units])
+        # Highest priority first; wait for it to hold the VIP before starting the others
+        # (runbook 004: starting all at once makes them fight over the VIP).
+        lbs = cluster.lb_hosts if cluster.vip else ()
+        for i, host in enumerate(lbs):
+            self.on(host.name, ["systemctl", "start", "--no-block", "keepalived"])
+            if i == 0:
+                self._wait(lambda: self.vip_holders(cluster) == [host.name], time.monotonic() + 30,
+                           f"keepalived on {host.name} to take the VIP")
+
+    def _wait(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except (httpx.HTTPError, LabError, OSError):
+                pass
+            time.sleep(0.2)
+        raise LabError(f"timed out waiting for {what}: see 'kubeha lab status' and the logs "
+                       f"under {self.paths.root}/hosts/<host>/var/log")
+
+    def api(self, cluster: Cluster, server: str | None = None) -> httpx.Client:
+        """An admin client of the lab's API, through the VIP unless ``server`` is given."""
+        return httpx.Client(base_url=server or cluster.endpoint, verify=str(self.paths.ca_cert),
+                            cert=(str(self.paths.admin_cert), str(self.paths.admin_key)), timeout=2)
+
+    def _wait_ready(self, cluster: Cluster, deadline: float) -> None:
+        with self.api(cluster) as api:
+            self._wait(lambda: api.get("/readyz").status_code == 200, deadline,
+                       "the API to answer through the VIP")
+            nodes = {h.name for h in cluster.hosts}
+            self._wait(lambda: ready_nodes(api) >= nodes, deadline, f"nodes {sorted(nodes)} to be Ready")
+
+    def _create_cluster_objects(self, cluster: Cluster) -> None:
+        """Objects a real cluster has and operations must keep right: kubeadm's ConfigMaps, workloads."""
+        with self.api(cluster) as api:
+            for path, body in cluster_objects(cluster, self.paths.ca_cert.read_bytes()):
+                r = api.post(path, json=body)
+                if r.status_code not in (200, 201, 409):
+                    raise LabError(f"creating {body['kind']} {body['metadata']['name']} failed: "
+                                   f"{r.status_code} {r.text[:200]}")
+
+    # ---- inspect -----------------------------------------------------------------------
+
+    def vip_holders(self, cluster: Cluster) -> list[str]:
+        if cluster.vip is None:
+            return []
+        holders = []
+        for host in cluster.lb_hosts:
+            out = ns.run(["ip", "-n", ns.netns_name(host.name), "-4", "-o", "addr", "show", "dev",
+                          "eth0"], check=False).stdout
+            if f" {cluster.vip.address}/" in out:
+                holders.append(host.name)
+        return holders
+
+    def status(self) -> dict:
+        topology = self.topology()
+        cluster = topology.cluster
+        hosts = []
+        for host in topology.hosts:
+            units = host_services(cluster, host) + (("keepalived",) if host in cluster.lb_hosts else ())
+            states = {}
+            if units:
+                out = self.on(host.name, ["systemctl", "is-active", *units], check=False).stdout.split()
+                states = dict(zip(units, out))
+            hosts.append({
+                "name": host.name, "address": str(host.address),
+                "roles": sorted(r.value for r in host.roles) or ["spare"],
+                "sshd": self._sshd_alive(host.name), "services": states,
+                "static_pods": list(static_pods(cluster, host)),
+            })
+        nodes: dict[str, bool] = {}
+        try:
+            with self.api(cluster) as api:
+                nodes = node_readiness(api)
+        except httpx.HTTPError:
+            pass
+        return {
+            "layout": cluster.layout.value, "state_dir": str(self.paths.root),
+            "endpoint": cluster.endpoint, "vip_holders": self.vip_holders(cluster),
+            "hosts": hosts, "nodes": nodes, "memory_mib": round(self.memory_bytes() / 2**20),
+            "processes": len(ns.lab_pids()), "admin_kubeconfig": str(self.paths.admin_kubeconfig),
+        }
+
+    def _sshd_alive(self, host: str) -> bool:
+        pid_file = self.paths.on_host(host, "/run/sshd.pid")
+        try:
+            return Path(f"/proc/{int(pid_file.read_text())}").exists()
+        except (OSError, ValueError):
+            return False
+
+    def memory_bytes(self) -> int:
+        """Proportional set size of every lab process (shared pages counted once in all)."""
+        total = 0
+        for pid in ns.lab_pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        return total
+
+    def ssh_command(self, host: str, command: list[str]) -> list[str]:
+        h = self.host(host)
+        return ["ssh", "-i", str(self.paths.ssh_key), "-o", f"UserKnownHostsFile={self.paths.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "LogLevel=ERROR", f"root@{h.address}", *command]
+
+    # ---- down --------------------------------------------------------------------------
+
+    def down(self) -> None:
+        ns.remove_network_and_namespaces(self.paths.root)
+        try:
+            ns.remove_mount_targets(json.loads(self.paths.created_mount_targets.read_text()))
+        except (OSError, ValueError):
+            pass  # a lab that crashed before creating them
+        if self.paths.root.exists():
+            shutil.rmtree(self.paths.root)
+        left = leftovers(self.paths.root)
+        if left:
+            raise LabError(f"lab down left {', '.join(left)} behind: remove them by hand")
+
+
+def leftovers(root: Path) -> list[str]:
+    """Whatever of a lab still exists on this machine."""
+    left = [f"netns {n}" for n in ns.lab_netns()]
+    left += [f"bridge {ns.BRIDGE}"] if ns.bridge_exists() else []
+    left += [f"mount {m}" for m in ns.lab_mounts(root)]
+    left += [f"process {p}" for p in ns.lab_pids()]
+    left += [f"directory {root}"] if root.exists() else []
+    return left
+
+
+def node_readiness(api: httpx.Client) -> dict[str, bool]:
+    r = api.get("/api/v1/nodes")
+    r.raise_for_status()
+    result = {}
+    for node in r.json()["items"]:
+        conditions = node.get("status", {}).get("conditions", [])
+        result[node["metadata"]["name"]] = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return result
+
+
+def ready_nodes(api: httpx.Client) -> set[str]:
+    return {name for name, ready in node_readiness(api).items() if ready}
+
+
+def _require_root_and_binaries() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, mounts): run it with sudo or as root")
+    missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
+    if missing:
+        raise LabError(f"missing {', '.join(missing)}: run the README's setup command "
+                       "(scripts/setup.sh) to install the Debian packages")
+
+
+SSHD_CONFIG = """\
+# kubeha lab host sshd: root with the lab key only
+Port 22
+ListenAddress 0.0.0.0
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthorizedKeysFile /root/.ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+MaxStartups 200:30:400
+MaxSessions 100
+AllowTcpForwarding yes
+Subsystem sftp internal-sftp
+"""

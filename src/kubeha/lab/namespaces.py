@@ -1,0 +1,240 @@
+"""Lab hosts as Linux namespaces: one network, mount and UTS namespace per host.
+
+Every lab object carries a fixed prefix (netns ``kh-<host>``, bridge ``khbr0``, veth
+``khv<n>``) so that a stale lab can be found and removed after a crash without any state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from kubeha.errors import LabError
+
+NETNS_PREFIX = "kh-"
+BRIDGE = "khbr0"
+VETH_PREFIX = "khv"
+
+# Directories every lab host gets a private copy of; the rest of the file system is shared.
+HOST_PRIVATE_DIRS = (
+    "/etc/kubernetes",
+    "/etc/etcd",
+    "/var/lib/etcd",
+    "/etc/haproxy",
+    "/etc/keepalived",
+    "/etc/nginx",
+    "/etc/systemd/system",
+    "/var/lib/kubelet",
+    "/var/lib/kube-proxy",
+    "/var/lib/kubeha",
+    "/etc/calico",
+    "/var/log",
+    "/run",
+    "/root",
+    "/etc/ssh",
+    "/usr/local/bin",
+)
+HOST_PRIVATE_FILES = ("/etc/hosts",)
+# Commands replaced on every host by the lab's stand-ins (bind-mounted over the real file).
+STANDIN_COMMANDS = ("systemctl", "journalctl")
+
+
+def run(cmd: list[str], *, check: bool = True, input: str | None = None,
+        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    except FileNotFoundError as e:
+        raise LabError(f"{cmd[0]} is not installed: run the README's setup command") from e
+    except subprocess.TimeoutExpired as e:
+        raise LabError(f"'{' '.join(cmd)}' did not finish in {timeout:.0f} s") from e
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError(f"'{' '.join(cmd)}' failed: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+@dataclass(frozen=True)
+class LabNetwork:
+    subnet: IPv4Network
+
+    @property
+    def gateway(self) -> IPv4Interface:
+        """The operator's address on the lab bridge."""
+        return IPv4Interface(f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}")
+
+    def address(self, offset: int) -> IPv4Address:
+        addr = self.subnet.network_address + offset
+        if addr not in self.subnet or addr == self.subnet.broadcast_address:
+            raise LabError(f"the lab subnet {self.subnet} is too small for host offset {offset}")
+        return addr
+
+
+def check_subnet_free(subnet: IPv4Network) -> None:
+    """Refuse a lab subnet that overlaps a network this machine already routes."""
+    for line in run(["ip", "-4", "-o", "route", "show", "table", "all"]).stdout.splitlines():
+        dest = line.split()[0]
+        if dest in ("default", "broadcast", "local", "multicast", "unreachable"):
+            dest = line.split()[1] if dest != "default" else "0.0.0.0/0"
+        try:
+            net = IPv4Network(dest, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen == 0 or net.is_loopback:
+            continue
+        if net.overlaps(subnet) and BRIDGE not in line:
+            raise LabError(
+                f"the lab subnet {subnet} overlaps {net} already routed on this machine: "
+                "pass --subnet with a free private range"
+            )
+
+
+def create_bridge(network: LabNetwork) -> None:
+    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    run(["ip", "addr", "add", str(network.gateway), "dev", BRIDGE])
+    run(["ip", "link", "set", BRIDGE, "up"])
+
+
+def netns_name(host: str) -> str:
+    return f"{NETNS_PREFIX}{host}"
+
+
+def create_host_network(host: str, index: int, address: IPv4Address, network: LabNetwork) -> None:
+    """A netns with lo and eth0 on the lab bridge, and no default route: nothing leaves the lab."""
+    ns = netns_name(host)
+    veth = f"{VETH_PREFIX}{index}"
+    run(["ip", "netns", "add", ns])
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+    inside = ["ip", "netns", "exec", ns]
+    run([*inside, "ip", "link", "set", "lo", "up"])
+    run([*inside, "ip", "addr", "add", f"{address}/{network.subnet.prefixlen}", "dev", "eth0"])
+    run([*inside, "ip", "link", "set", "eth0", "up"])
+    # keepalived's VIP moves between hosts: accept gratuitous ARP so peers learn it at once
+    run([*inside, "sysctl", "-q", "-w", "net.ipv4.conf.all.arp_accept=1"])
+
+
+class HostNamespaces:
+    """The persistent mount + UTS namespaces of one host, bound to files in ``ns_dir``."""
+
+    def __init__(self, ns_dir: Path, host: str):
+        self.host = host
+        self.mnt = ns_dir / f"{host}.mnt"
+        self.uts = ns_dir / f"{host}.uts"
+        self.net = Path("/run/netns") / netns_name(host)
+
+    def enter(self, cmd: list[str]) -> list[str]:
+        """``cmd`` as it runs on the host: in its network, mount and UTS namespaces."""
+        return ["nsenter", f"--net={self.net}", f"--mount={self.mnt}", f"--uts={self.uts}", "--", *cmd]
+
+    def create(self, host_root: Path, binds: list[tuple[Path, str]]) -> None:
+        """Create the namespaces: set the hostname and bind ``binds`` (source, target) inside."""
+        self.mnt.touch()
+        self.uts.touch()
+        lines = ["set -e", f"hostname {self.host}", f"umount -l {self.mnt.parent}"]
+        for source, target in binds:
+            lines.append(f"mount --bind '{source}' '{target}'")
+        script = "\n".join(lines)
+        run(["unshare", f"--mount={self.mnt}", f"--uts={self.uts}", "--propagation", "private",
+             "--", "/bin/sh", "-c", script])
+
+
+def create_mount_targets() -> list[str]:
+    """Create the missing mount points of the host-private dirs on this machine (left empty);
+    return those created so that removing the lab removes them again."""
+    created = []
+    for d in HOST_PRIVATE_DIRS:
+        missing = [p for p in [Path(d), *Path(d).parents] if not p.exists()]
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(str(path))
+    return created
+
+
+def remove_mount_targets(created: list[str]) -> None:
+    for d in reversed(created):
+        try:
+            Path(d).rmdir()
+        except OSError:
+            pass  # not empty or already gone: somebody else uses it now
+
+
+def prepare_ns_dir(ns_dir: Path) -> None:
+    """Namespace files can only be bound below a private mount (as `ip netns` does for /run/netns)."""
+    ns_dir.mkdir(parents=True, exist_ok=True)
+    if not _is_mountpoint(ns_dir):
+        run(["mount", "--bind", str(ns_dir), str(ns_dir)])
+    run(["mount", "--make-private", str(ns_dir)])
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return run(["mountpoint", "-q", str(path)], check=False).returncode == 0
+
+
+def lab_netns() -> list[str]:
+    out = run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(NETNS_PREFIX)]
+
+
+def pids_in_netns(ns: str) -> set[int]:
+    out = run(["ip", "netns", "pids", ns], check=False).stdout
+    return {int(p) for p in out.split() if p.isdigit()}
+
+
+def lab_pids() -> set[int]:
+    pids: set[int] = set()
+    for ns in lab_netns():
+        pids |= pids_in_netns(ns)
+    return pids
+
+
+def bridge_exists() -> bool:
+    return run(["ip", "link", "show", BRIDGE], check=False).returncode == 0
+
+
+def lab_mounts(state_dir: Path) -> list[str]:
+    """Mount points in this mount namespace that belong to the lab."""
+    out = run(["findmnt", "-rn", "-o", "TARGET"], check=False).stdout
+    root = str(state_dir)
+    return [m for m in out.splitlines() if m == root or m.startswith(root + "/")
+            or m.startswith(f"/run/netns/{NETNS_PREFIX}")]
+
+
+def kill_all(pids: set[int], *, timeout: float = 5.0) -> None:
+    """SIGKILL the lab's processes and wait until they are gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in pids):
+            return
+        time.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_network_and_namespaces(state_dir: Path) -> None:
+    """Remove every lab process, mount, namespace and the bridge. Idempotent."""
+    for _ in range(5):  # processes may fork while we kill (supervisors restarting services)
+        pids = lab_pids()
+        if not pids:
+            break
+        kill_all(pids)
+    for mount in sorted(lab_mounts(state_dir), key=len, reverse=True):
+        run(["umount", "-l", mount], check=False)
+    for ns in lab_netns():
+        run(["ip", "netns", "del", ns], check=False)
+    if bridge_exists():
+        run(["ip", "link", "del", BRIDGE], check=False)

@@ -1,0 +1,169 @@
+"""The lab's cluster: which hosts, which addresses, which files and services each gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from kubeha.errors import InputError
+from kubeha.model import Cluster, Host, Layout, Role, VirtualIP
+from kubeha.pki.cluster import (
+    ADMIN, CONTROLLER_MANAGER, KUBE_PROXY, SCHEDULER, ClusterAuthorities, PkiFiles,
+    apiserver_files, ca_files, client_cert, etcd_member_files, kubelet_identity,
+)
+from kubeha.render import (
+    render_control_plane, render_haproxy_cfg, render_keepalived_conf, render_kubeconfig,
+    render_kubelet, render_node_proxy_conf,
+)
+
+DEFAULT_SUBNET = IPv4Network("10.212.0.0/24")
+# Host addresses are <subnet> + offset: masters .11.., spares .21.., workers .31.., VIP .100.
+MASTER_OFFSET, SPARE_OFFSET, WORKER_OFFSET, VIP_OFFSET = 10, 20, 30, 100
+MAX_PER_KIND = 9
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    masters: int = 3
+    spares: int = 3
+    workers: int = 3
+    layout: Layout = Layout.KUBEADM
+    subnet: IPv4Network = DEFAULT_SUBNET
+
+    def validate(self) -> None:
+        for kind, count, low in (("masters", self.masters, 1), ("spares", self.spares, 0),
+                                 ("workers", self.workers, 0)):
+            if not low <= count <= MAX_PER_KIND:
+                raise InputError(f"--{kind} must be between {low} and {MAX_PER_KIND}, not {count}")
+        if self.subnet.prefixlen > 24:
+            raise InputError(f"--subnet {self.subnet} is too small: use a /24 or larger")
+        if not self.subnet.is_private:
+            raise InputError(f"--subnet {self.subnet} is not a private range: use e.g. {DEFAULT_SUBNET}")
+
+
+@dataclass(frozen=True)
+class LabTopology:
+    """The cluster the lab runs, and the spare hosts that only run sshd."""
+
+    cluster: Cluster
+    spares: tuple[Host, ...]
+    subnet: IPv4Network
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self.cluster.hosts + self.spares
+
+
+def lab_topology(spec: LabSpec) -> LabTopology:
+    spec.validate()
+    base = spec.subnet.network_address
+
+    def hosts(kind: str, count: int, offset: int, roles: frozenset[Role]) -> tuple[Host, ...]:
+        return tuple(Host(name=f"{kind}{i}", address=base + offset + i, roles=roles)
+                     for i in range(1, count + 1))
+
+    masters = hosts("master", spec.masters, MASTER_OFFSET,
+                    frozenset({Role.MASTER, Role.ETCD}))
+    workers = hosts("worker", spec.workers, WORKER_OFFSET, frozenset({Role.WORKER}))
+    cluster = Cluster(
+        name="kubeha-lab",
+        layout=spec.layout,
+        hosts=masters + workers,
+        vip=VirtualIP(address=base + VIP_OFFSET),
+    )
+    return LabTopology(cluster=cluster, spares=hosts("spare", spec.spares, SPARE_OFFSET, frozenset()),
+                       subnet=spec.subnet)
+
+
+def keepalived_priority(cluster: Cluster, host: Host) -> int:
+    """The first LB host has the highest priority; the lab starts it first."""
+    return 150 - 10 * cluster.lb_hosts.index(host)
+
+
+def node_proxy_hosts(cluster: Cluster) -> tuple[Host, ...]:
+    """Hosts running the node-local nginx: every worker, and the masters in the kubeasz layout."""
+    if cluster.layout is Layout.KUBEASZ:
+        return tuple(h for h in cluster.hosts if h.has(Role.WORKER) or h.has(Role.MASTER))
+    return cluster.workers
+
+
+def _local_apiserver(cluster: Cluster, host: Host) -> str:
+    return f"https://{host.address}:{cluster.apiserver_port}"
+
+
+def node_client_endpoint(cluster: Cluster, host: Host) -> str:
+    """Where the kubelet and kube-proxy of ``host`` reach the API."""
+    if host in node_proxy_hosts(cluster):
+        return cluster.node_local_endpoint
+    return cluster.endpoint
+
+
+def component_endpoint(cluster: Cluster, host: Host) -> str:
+    """Where controller-manager and scheduler on a master reach the API."""
+    if cluster.layout is Layout.KUBEADM:
+        return _local_apiserver(cluster, host)
+    return cluster.node_local_endpoint
+
+
+def kubeconfig_file(cluster: Cluster, auth: ClusterAuthorities, identity: tuple[str, tuple[str, ...]],
+                    server: str) -> tuple[bytes, int]:
+    kc = client_cert(auth, identity)
+    text = render_kubeconfig(cluster_name=cluster.name, server=server, ca_pem=auth.ca.cert_pem,
+                             client_cert_pem=kc.cert_pem, client_key_pem=kc.key_pem,
+                             user=identity[0])
+    return text.encode(), 0o600
+
+
+def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFiles:
+    """Every file the lab installs on ``host``: certs, kubeconfigs, units or manifests, LB configs."""
+    paths = cluster.paths
+    is_master = host.has(Role.MASTER)
+    files: PkiFiles = dict(ca_files(cluster, auth, with_keys=is_master))
+    if host.has(Role.ETCD):
+        files.update(etcd_member_files(cluster, host, auth))
+    if is_master:
+        files.update(apiserver_files(cluster, host, auth))
+        files[paths.admin_kubeconfig] = kubeconfig_file(cluster, auth, ADMIN, cluster.endpoint)
+        local = component_endpoint(cluster, host)
+        files[paths.controller_manager_kubeconfig] = kubeconfig_file(cluster, auth, CONTROLLER_MANAGER, local)
+        files[paths.scheduler_kubeconfig] = kubeconfig_file(cluster, auth, SCHEDULER, local)
+        for rendered in render_control_plane(cluster, host):
+            files[rendered.path] = (rendered.content.encode(), rendered.mode)
+    if host in cluster.lb_hosts and cluster.vip is not None:
+        files[paths.haproxy_cfg] = (render_haproxy_cfg(cluster).encode(), 0o644)
+        conf = render_keepalived_conf(cluster, host, keepalived_priority(cluster, host))
+        files[paths.keepalived_conf] = (conf.encode(), 0o644)
+    if host in node_proxy_hosts(cluster):
+        files[paths.node_proxy_conf] = (render_node_proxy_conf(cluster).encode(), 0o644)
+    if host.has(Role.WORKER) or is_master:
+        server = node_client_endpoint(cluster, host)
+        files[paths.kubelet_kubeconfig] = kubeconfig_file(cluster, auth, kubelet_identity(host), server)
+        files[paths.kube_proxy_kubeconfig] = kubeconfig_file(cluster, auth, KUBE_PROXY, server)
+        for rendered in render_kubelet(cluster, host, server=server):
+            files[rendered.path] = (rendered.content.encode(), rendered.mode)
+    return files
+
+
+def host_services(cluster: Cluster, host: Host) -> tuple[str, ...]:
+    """The units the lab starts on ``host``, in start order (keepalived is started separately)."""
+    units: list[str] = []
+    if host.has(Role.MASTER) and cluster.layout is Layout.KUBEASZ:
+        units += ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    if host in node_proxy_hosts(cluster):
+        units.append("nginx")
+    if host in cluster.lb_hosts and cluster.vip is not None:
+        units.append("haproxy")
+    if host.has(Role.WORKER) or host.has(Role.MASTER):
+        units.append("kubelet")
+    return tuple(units)
+
+
+def static_pods(cluster: Cluster, host: Host) -> tuple[str, ...]:
+    if cluster.layout is Layout.KUBEADM and host.has(Role.MASTER):
+        return ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    return ()
+
+
+def etc_hosts(topology: LabTopology) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{h.address}\t{h.name}" for h in topology.hosts]
+    return "\n".join(lines) + "\n"
