@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,15 +35,25 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# A DNS label: what a host name may be (it names etcd members, haproxy servers, keepalived routers).
+HOST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
 class Host(_Frozen):
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    name: str = Field(pattern=HOST_NAME_PATTERN)
     address: IPv4Address
     roles: frozenset[Role] = frozenset()
     ssh_user: str = "root"
     ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_key: Path | None = None  # private key on the operator's machine; None: ssh's own choice
+    node_name: str | None = None  # the Kubernetes Node name when it is not `name` (kubeasz: the IP)
 
     def has(self, role: Role) -> bool:
         return role in self.roles
+
+    @property
+    def kube_node_name(self) -> str:
+        return self.node_name or self.name
 
 
 class VirtualIP(_Frozen):
@@ -53,6 +63,16 @@ class VirtualIP(_Frozen):
     port: int = Field(default=8443, ge=1, le=65535)
     interface: str = "eth0"
     vrid: int = Field(default=51, ge=1, le=255)
+
+
+class LoadBalancer(_Frozen):
+    """How the LB hosts run keepalived and haproxy, and where the node-local proxy listens."""
+
+    keepalived_unicast: bool = False  # VRRP adverts to the peers instead of multicast
+    haproxy_check_interval_ms: int = Field(default=400, ge=10, le=60_000)
+    haproxy_check_fall: int = Field(default=3, ge=1, le=100)
+    haproxy_check_rise: int = Field(default=2, ge=1, le=100)
+    node_local_proxy_port: int | None = Field(default=None, ge=1, le=65535)  # None: the apiserver port
 
 
 class CertPair(_Frozen):
@@ -66,6 +86,7 @@ class ClusterPaths(_Frozen):
     ca: CertPair
     apiserver: CertPair
     apiserver_etcd_client: CertPair
+    apiserver_kubelet_client: CertPair
     etcd_ca: CertPair
     etcd_server: CertPair
     etcd_peer: CertPair
@@ -99,6 +120,7 @@ class ClusterPaths(_Frozen):
                 ca=pair("ca"),
                 apiserver=pair("apiserver"),
                 apiserver_etcd_client=pair("apiserver-etcd-client"),
+                apiserver_kubelet_client=pair("apiserver-kubelet-client"),
                 etcd_ca=pair("etcd/ca"),
                 etcd_server=pair("etcd/server"),
                 etcd_peer=pair("etcd/peer"),
@@ -124,6 +146,7 @@ class ClusterPaths(_Frozen):
             ca=pem("ca"),
             apiserver=pem("kubernetes"),
             apiserver_etcd_client=pem("kubernetes"),
+            apiserver_kubelet_client=pem("kubernetes"),
             etcd_ca=pem("ca"),
             etcd_server=pem("etcd"),
             etcd_peer=pem("etcd"),
@@ -147,6 +170,11 @@ class Cluster(_Frozen):
     etcd_topology: EtcdTopology = EtcdTopology.STACKED
     hosts: tuple[Host, ...]
     vip: VirtualIP | None = None
+    # more VIPs served beside `vip` (e.g. the old one while the endpoint changes); not the endpoint
+    extra_vips: tuple[VirtualIP, ...] = ()
+    network: IPv4Network | None = None  # the subnet of the host addresses and VIPs, when known
+    load_balancer: LoadBalancer = LoadBalancer()
+    paths_override: ClusterPaths | None = None  # None: ClusterPaths.for_layout(layout)
     apiserver_port: int = Field(default=6443, ge=1, le=65535)
     node_local_proxy: bool = True  # nginx on each worker: 127.0.0.1:<apiserver_port> -> all apiservers
     service_cidr: IPv4Network = IPv4Network("10.96.0.0/12")
@@ -166,7 +194,12 @@ class Cluster(_Frozen):
 
     @property
     def paths(self) -> ClusterPaths:
-        return ClusterPaths.for_layout(self.layout)
+        return self.paths_override or ClusterPaths.for_layout(self.layout)
+
+    @property
+    def vips(self) -> tuple[VirtualIP, ...]:
+        """Every VIP the LB hosts serve: `vip` first."""
+        return ((self.vip,) if self.vip is not None else ()) + self.extra_vips
 
     def with_role(self, role: Role) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if h.has(role))
@@ -207,8 +240,12 @@ class Cluster(_Frozen):
         return f"https://{self.masters[0].address}:{self.apiserver_port}"
 
     @property
+    def node_local_port(self) -> int:
+        return self.load_balancer.node_local_proxy_port or self.apiserver_port
+
+    @property
     def node_local_endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://127.0.0.1:{self.node_local_port}"
 
     def etcd_client_urls(self) -> tuple[str, ...]:
         return tuple(f"https://{h.address}:2379" for h in self.etcd_members)

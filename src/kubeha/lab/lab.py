@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -93,7 +94,8 @@ class Lab:
     # ---- state -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.paths.root.exists() or bool(ns.lab_netns()) or ns.bridge_exists()
+        return (self.paths.root.exists() or bool(ns.lab_netns()) or ns.bridge_exists()
+                or bool(ns.lab_veths()))
 
     def topology(self) -> LabTopology:
         try:
@@ -209,10 +211,10 @@ class Lab:
         name = host.name
         for private in ns.HOST_PRIVATE_DIRS:
             self.paths.on_host(name, private).mkdir(parents=True, exist_ok=True)
-        for path, mode in (("/root", 0o700), ("/var/lib/etcd", 0o700)):
-            os.chmod(self.paths.on_host(name, path), mode)
-        for d in ("/run/sshd", "/run/lock", "/var/log/nginx", "/root/.ssh"):
-            self.paths.on_host(name, d).mkdir(mode=0o700 if d == "/root/.ssh" else 0o755, exist_ok=True)
+        for path in ("/root/.ssh", "/root/.kube", "/var/lib/etcd"):
+            os.chmod(self.paths.on_host(name, path), 0o700)
+        for d in ("/run/sshd", "/run/lock", "/var/log/nginx"):
+            self.paths.on_host(name, d).mkdir(exist_ok=True)
         public_key = self.paths.ssh_key.with_suffix(".pub").read_text()
         _write(self.paths.on_host(name, "/root/.ssh/authorized_keys"), public_key, 0o600)
         _write(self.paths.on_host(name, "/etc/ssh/sshd_config"), SSHD_CONFIG)
@@ -256,8 +258,9 @@ class Lab:
 
     def api(self, cluster: Cluster, server: str | None = None) -> httpx.Client:
         """An admin client of the lab's API, through the VIP unless ``server`` is given."""
-        return httpx.Client(base_url=server or cluster.endpoint, verify=str(self.paths.ca_cert),
-                            cert=(str(self.paths.admin_cert), str(self.paths.admin_key)), timeout=2)
+        tls = ssl.create_default_context(cafile=str(self.paths.ca_cert))
+        tls.load_cert_chain(str(self.paths.admin_cert), str(self.paths.admin_key))
+        return httpx.Client(base_url=server or cluster.endpoint, verify=tls, timeout=2)
 
     def _wait_ready(self, cluster: Cluster, deadline: float) -> None:
         with self.api(cluster) as api:
@@ -361,6 +364,7 @@ def leftovers(root: Path) -> list[str]:
     """Whatever of a lab still exists on this machine."""
     left = [f"netns {n}" for n in ns.lab_netns()]
     left += [f"bridge {ns.BRIDGE}"] if ns.bridge_exists() else []
+    left += [f"link {v}" for v in ns.lab_veths()]
     left += [f"mount {m}" for m in ns.lab_mounts(root)]
     left += [f"process {p}" for p in ns.lab_pids()]
     left += [f"directory {root}"] if root.exists() else []

@@ -35,7 +35,8 @@ HOST_PRIVATE_DIRS = (
     "/etc/calico",
     "/var/log",
     "/run",
-    "/root",
+    "/root/.ssh",  # not all of /root: the machine's Python may live there (pyenv)
+    "/root/.kube",
     "/etc/ssh",
     "/usr/local/bin",
 )
@@ -192,6 +193,12 @@ def lab_pids() -> set[int]:
     return pids
 
 
+def lab_veths() -> list[str]:
+    out = run(["ip", "-o", "link", "show"], check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+    return [n for n in names if n.startswith(VETH_PREFIX)]
+
+
 def bridge_exists() -> bool:
     return run(["ip", "link", "show", BRIDGE], check=False).returncode == 0
 
@@ -236,5 +243,9 @@ def remove_network_and_namespaces(state_dir: Path) -> None:
         run(["umount", "-l", mount], check=False)
     for ns in lab_netns():
         run(["ip", "netns", "del", ns], check=False)
+    # A namespace outlives its name while orphaned TCP sockets in it still retransmit their
+    # FIN (minutes); deleting our end of its veth detaches it from the lab at once.
+    for veth in lab_veths():
+        run(["ip", "link", "del", veth], check=False)
     if bridge_exists():
         run(["ip", "link", "del", BRIDGE], check=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from pathlib import PurePosixPath
 from kubeha.errors import InputError
 from kubeha.model import Cluster, Host, Layout, Role, VirtualIP
 from kubeha.pki.cluster import (
@@ -19,6 +20,13 @@ DEFAULT_SUBNET = IPv4Network("10.212.0.0/24")
 # Host addresses are <subnet> + offset: masters .11.., spares .21.., workers .31.., VIP .100.
 MASTER_OFFSET, SPARE_OFFSET, WORKER_OFFSET, VIP_OFFSET = 10, 20, 30, 100
 MAX_PER_KIND = 9
+KEEPALIVED_DROPIN = PurePosixPath("/etc/systemd/system/keepalived.service.d/10-kubeha-lab.conf")
+KEEPALIVED_DROPIN_TEXT = """\
+# kubeha lab: keepalived sends READY=1 only when its parent is systemd (PID 1); under the
+# lab's systemctl stand-in it never would, so the service counts as started once forked.
+[Service]
+Type=simple
+"""
 
 
 @dataclass(frozen=True)
@@ -132,13 +140,14 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
         files[paths.haproxy_cfg] = (render_haproxy_cfg(cluster).encode(), 0o644)
         conf = render_keepalived_conf(cluster, host, keepalived_priority(cluster, host))
         files[paths.keepalived_conf] = (conf.encode(), 0o644)
+        files[KEEPALIVED_DROPIN] = (KEEPALIVED_DROPIN_TEXT.encode(), 0o644)
     if host in node_proxy_hosts(cluster):
         files[paths.node_proxy_conf] = (render_node_proxy_conf(cluster).encode(), 0o644)
     if host.has(Role.WORKER) or is_master:
         server = node_client_endpoint(cluster, host)
         files[paths.kubelet_kubeconfig] = kubeconfig_file(cluster, auth, kubelet_identity(host), server)
         files[paths.kube_proxy_kubeconfig] = kubeconfig_file(cluster, auth, KUBE_PROXY, server)
-        for rendered in render_kubelet(cluster, host, server=server):
+        for rendered in render_kubelet(cluster, host):
             files[rendered.path] = (rendered.content.encode(), rendered.mode)
     return files
 

@@ -102,6 +102,10 @@ def apiserver_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> P
         files.update(_pair_files(paths.apiserver_etcd_client,
                                  issue(auth.etcd_ca, "kube-apiserver-etcd-client",
                                        organizations=("system:masters",), client=True)))
+    if paths.apiserver_kubelet_client != paths.apiserver:
+        files.update(_pair_files(paths.apiserver_kubelet_client,
+                                 issue(auth.ca, "kube-apiserver-kubelet-client",
+                                       organizations=("system:masters",), client=True)))
     if paths.service_account_key != paths.ca.key:
         private, public = auth.service_account
         files[paths.service_account_key] = (private, KEY_MODE)

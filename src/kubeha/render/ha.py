@@ -1,0 +1,145 @@
+"""The HA path to the apiservers: haproxy and keepalived on the LB hosts, nginx on the nodes.
+
+Pure: model objects in, configuration text out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address
+from pathlib import PurePosixPath
+from typing import NamedTuple
+
+from kubeha.errors import InputError
+from kubeha.model import Cluster, Host, VirtualIP
+from kubeha.render._text import render_template
+
+
+class Backend(NamedTuple):
+    """One apiserver behind a proxy: a server name, its address and port."""
+
+    name: str
+    address: str
+    port: int
+
+
+# The Debian unit creates no /run/haproxy/, so the runtime API socket lives in /run itself.
+HAPROXY_ADMIN_SOCKET = PurePosixPath("/run/haproxy-admin.sock")
+
+# A dead or hung apiserver is out of rotation within 2 s: the next check starts within
+# `inter`, each check gives up after `timeout check` (or a connect after min(inter,
+# timeout connect)), and 3 failures `fastinter` apart mark it down: 400 + 3 x 400 + 2 x 100
+# = 1800 ms at worst; a refused connect takes < 1 s. 400 ms leaves a slow /readyz room.
+_HAPROXY_CHECK = {"inter": "400ms", "fastinter": "100ms", "downinter": "1s", "fall": 3, "rise": 2}
+_HAPROXY_TIMEOUTS = {"connect": "1s", "check": "400ms", "session": "1h"}
+# Between 3 adverts missed (0.6 s) and scheduling jitter on a loaded host (VRRPv3 only).
+KEEPALIVED_ADVERT_INT = 0.2
+_KEEPALIVED_SCRIPT = {"interval": 1, "timeout": 2, "fall": 2, "rise": 2}
+
+
+def default_backends(cluster: Cluster) -> tuple[Backend, ...]:
+    """Every master's apiserver, in inventory order."""
+    return tuple(Backend(m.name, str(m.address), cluster.apiserver_port) for m in cluster.masters)
+
+
+def _backends(cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None) -> tuple[Backend, ...]:
+    chosen = default_backends(cluster) if backends is None else tuple(Backend(*b) for b in backends)
+    if not chosen:
+        raise InputError(f"cluster {cluster.name} has no apiserver to proxy to: add a master")
+    return chosen
+
+
+def _vip(cluster: Cluster) -> VirtualIP:
+    if cluster.vip is None:
+        raise InputError(f"cluster {cluster.name} has no VIP: set vip in the inventory")
+    return cluster.vip
+
+
+def render_haproxy_cfg(
+    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None
+) -> str:
+    """haproxy.cfg for an LB host: TCP passthrough from ``*:<vip port>`` to the apiservers.
+
+    ``backends`` (name, address, port) replaces the cluster's masters, for transitional
+    sets. Servers are health-checked with ``GET /readyz`` over TLS; sessions on a server
+    marked down are cut; the runtime API listens on ``HAPROXY_ADMIN_SOCKET``. Works with
+    the Debian unit (``haproxy -Ws``): no daemon, chroot or user lines.
+    """
+    return render_template(
+        "haproxy.cfg.j2",
+        cluster_name=cluster.name,
+        port=_vip(cluster).port,
+        backends=_backends(cluster, backends),
+        admin_socket=HAPROXY_ADMIN_SOCKET,
+        hard_stop_after="30s",
+        check=_HAPROXY_CHECK,
+        timeouts=_HAPROXY_TIMEOUTS,
+    )
+
+
+def render_keepalived_conf(
+    cluster: Cluster,
+    host: Host,
+    priority: int,
+    *,
+    unicast: bool = False,
+    peers: Sequence[IPv4Address | str] | None = None,
+) -> str:
+    """keepalived.conf for ``host``: one VRRPv3 instance holding the VIP.
+
+    Every host starts as BACKUP with ``nopreempt``; the highest ``priority`` that comes up
+    first takes the VIP and keeps it until it stops or its check fails. The check fetches
+    ``/readyz`` through the local haproxy. With ``unicast`` the adverts go to ``peers``
+    (default: the other LB hosts) instead of the VRRP multicast group; a host without
+    peers (a single LB host) has nobody to advertise to and keeps multicast.
+    """
+    vip = _vip(cluster)
+    if not 1 <= priority <= 254:
+        raise InputError(f"keepalived priority {priority} on {host.name} is outside 1..254")
+    if vip.address == host.address:
+        raise InputError(f"the VIP {vip.address} is the address of {host.name}: choose a free address")
+    if peers is None:
+        peers = [h.address for h in cluster.lb_hosts if h.name != host.name]
+    peer_addresses = [str(IPv4Address(str(p))) for p in peers]
+    if str(vip.address) in peer_addresses:
+        raise InputError(f"the VIP {vip.address} is also a keepalived peer address: choose a free address")
+    return render_template(
+        "keepalived.conf.j2",
+        cluster_name=cluster.name,
+        router_id=host.name,
+        instance="kube_apiserver_vip",
+        script_name="kube_apiserver_via_haproxy",
+        check_script=f"/usr/bin/curl -sfk --max-time 1 -o /dev/null https://127.0.0.1:{vip.port}/readyz",
+        script=_KEEPALIVED_SCRIPT,
+        interface=vip.interface,
+        vrid=vip.vrid,
+        priority=priority,
+        advert_int=KEEPALIVED_ADVERT_INT,
+        unicast_src_ip=str(host.address) if unicast and peer_addresses else None,
+        peers=peer_addresses,
+        vip=vip.address,
+    )
+
+
+def render_node_proxy_conf(
+    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None
+) -> str:
+    """nginx.conf of the node-local proxy: ``127.0.0.1:<apiserver port>`` to every apiserver.
+
+    A stream-only nginx (no http block, no includes) for Debian's unit
+    (``nginx -g 'daemon on; master_process on;'``, pid /run/nginx.pid). New connections go
+    to the least busy apiserver; a failed connect is retried on the next one, and a server
+    that failed is skipped for ``fail_timeout``. ``backends`` as for ``render_haproxy_cfg``.
+    """
+    return render_template(
+        "nginx.conf.j2",
+        cluster_name=cluster.name,
+        port=cluster.apiserver_port,
+        backends=_backends(cluster, backends),
+        # one failed connect is evidence enough (the next server is tried anyway); 5 s
+        # away lets a restarted apiserver back soon
+        max_fails=1,
+        fail_timeout="5s",
+        connect_timeout="1s",
+        session_timeout="1h",
+    )
