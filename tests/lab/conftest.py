@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
+from datetime import datetime, timezone
 
 import pytest
+from helpers.lab import require_lab_prerequisites
 
 from kubeha.lab import Lab, LabSpec
-from kubeha.lab.lab import REQUIRED_BINARIES, leftovers
+from kubeha.lab.lab import leftovers
 from kubeha.model import Layout
-
-
-def require_lab_prerequisites() -> None:
-    """The lab tests never skip: without root or the packages they fail and say why."""
-    if os.geteuid() != 0:
-        pytest.fail("lab tests need root (network namespaces): run scripts/test.sh as root")
-    missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
-    if missing:
-        pytest.fail(f"lab tests need {', '.join(missing)}: run scripts/setup.sh")
 
 
 @pytest.fixture(scope="module", params=[Layout.KUBEADM, Layout.KUBEASZ], ids=lambda l: l.value)
@@ -30,6 +21,7 @@ def lab(request):
     try:
         lab.up(LabSpec(layout=request.param))
         lab.up_seconds = time.monotonic() - started
+        lab.ready_at = datetime.now(timezone.utc)
         yield lab
     finally:
         lab.down()

@@ -14,7 +14,7 @@ from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
 from kubeha.lab.lab import leftovers
 
-from .conftest import require_lab_prerequisites
+from helpers.lab import require_lab_prerequisites
 
 pytestmark = pytest.mark.lab
 
