@@ -22,7 +22,8 @@ from kubeha.errors import LabError
 from kubeha.lab import namespaces as ns
 from kubeha.lab.objects import cluster_objects
 from kubeha.lab.topology import (
-    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, static_pods,
+    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, node_proxy_hosts,
+    static_pods,
 )
 from kubeha.model import Cluster, Host
 from kubeha.pki.cluster import ADMIN, ClusterAuthorities, client_cert
@@ -231,7 +232,24 @@ class Lab:
                   if Path(f"/usr/bin/{c}").exists()]
         return binds
 
+    def _validate_configs(self, cluster: Cluster) -> None:
+        """Every rendered HA config passes its own binary's check before anything starts."""
+        paths = cluster.paths
+        for host in cluster.hosts:
+            checks = []
+            if host in cluster.lb_hosts and cluster.vip is not None:
+                checks += [["haproxy", "-c", "-q", "-f", str(paths.haproxy_cfg)],
+                           ["keepalived", "-t", "-f", str(paths.keepalived_conf)]]
+            if host in node_proxy_hosts(cluster):
+                checks.append(["nginx", "-t", "-q", "-c", str(paths.node_proxy_conf)])
+            for check in checks:
+                result = self.on(host.name, check, check=False)
+                if result.returncode != 0:
+                    raise LabError(f"{check[0]} rejected the config kubeha rendered for {host.name}: "
+                                   f"{(result.stderr or result.stdout).strip()[:300]}")
+
     def _start_services(self, cluster: Cluster) -> None:
+        self._validate_configs(cluster)
         for host in cluster.hosts:
             units = host_services(cluster, host)
             self.log(f"starting {', '.join(units)} on {host.name}")
