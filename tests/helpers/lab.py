@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
@@ -18,14 +17,3 @@ def require_lab_prerequisites() -> None:
     missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
     if missing:
         pytest.fail(f"lab tests need {', '.join(missing)}: run scripts/setup.sh")
-
-
-def wait_for(condition, timeout: float, what: str):
-    """Poll ``condition`` every 100 ms until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-from helpers.lab import wait_for
+from helpers.wait import wait_for
 
 from kubeha.lab import Lab
 from kubeha.lab import namespaces as ns

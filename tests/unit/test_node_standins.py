@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from helpers.wait import wait_for
 import yaml
 from helpers.etcd import EtcdCluster, etcd_cluster, free_port, tls_context, wait_for_https, write_pair
 
@@ -92,18 +93,8 @@ def test_logs_are_timestamped_and_unknown_flags_warned_once(capsys):
 # --- a control plane --------------------------------------------------------------------------
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
-    """``check()``'s first truthy value (ApiErrors count as falsy), polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except ApiError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+    """``check()``'s first truthy value; ApiErrors count as not yet."""
+    return wait_for(check, timeout, what, ignore=(ApiError,))
 
 
 @dataclass
