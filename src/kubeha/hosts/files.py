@@ -1,0 +1,89 @@
+"""File operations as commands to run on a host: POSIX sh and coreutils, nothing else.
+
+Why commands and not SFTP: they run under ``sudo`` like every other command (an SFTP
+session runs as the login user and could not write root's files), and each operation is
+one round trip (SFTP needs one per open, write, fsync, chmod, chown and rename).
+
+Each script runs as ``sh -c SCRIPT sh ARG...``: paths travel as arguments and are never
+spliced into the script text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MISSING = 44  # exit status of a script that found nothing at its path
+
+_STAT_FORMAT = "%a %u %g %s"
+_IF_EXISTS = f'[ -e "$1" ] || exit {MISSING}; '
+
+# Write $2 (a file, or /dev/stdin) to the target $1 atomically: a temp file in the same
+# directory, fsync, mode $3 and owner $4 (default: those of the file it replaces, else
+# 644 and the running user), rename over the target, fsync the directory. mktemp makes
+# the temp file 0600, so a key is never readable by others on its way in.
+_INSTALL = """set -e
+dir=$(dirname -- "$1")
+mkdir -p -- "$dir"
+tmp=$(mktemp -- "$dir/.kubeha-XXXXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
+dd if="$2" of="$tmp" bs=65536 conv=fsync status=none
+mode=$3 owner=$4
+if [ -e "$1" ]; then
+  [ -n "$mode" ] || mode=$(stat -c %a -- "$1")
+  [ -n "$owner" ] || owner=$(stat -c %u:%g -- "$1")
+fi
+chmod -- "${mode:-644}" "$tmp"
+[ -z "$owner" ] || chown -- "$owner" "$tmp"
+mv -f -- "$tmp" "$1"
+trap - EXIT
+sync -- "$dir"
+"""
+
+# Copy $1, if it exists, to $2 (in a directory only the running user can read) and print
+# its mode, owner and size; print nothing if it does not exist.
+_SAVE_COPY = f"""set -e
+umask 077
+mkdir -p -- "$(dirname -- "$2")"
+[ -e "$1" ] || exit 0
+stat -c '{_STAT_FORMAT}' -- "$1"
+cat -- "$1" > "$2"
+sync -- "$2"
+"""
+
+
+@dataclass(frozen=True)
+class FileStat:
+    mode: int  # permission bits, with setuid/setgid/sticky
+    uid: int
+    gid: int
+    size: int
+
+
+def parse_stat(line: str) -> FileStat:
+    """Parse what ``stat -c '%a %u %g %s'`` prints."""
+    mode, uid, gid, size = line.split()
+    return FileStat(mode=int(mode, 8), uid=int(uid), gid=int(gid), size=int(size))
+
+
+def _sh(script: str, *args: str) -> list[str]:
+    return ["sh", "-c", script, "sh", *args]
+
+
+def read_command(path: str) -> list[str]:
+    return _sh(_IF_EXISTS + 'exec cat -- "$1"', path)
+
+
+def stat_command(path: str) -> list[str]:
+    return _sh(_IF_EXISTS + f"exec stat -c '{_STAT_FORMAT}' -- \"$1\"", path)
+
+
+def remove_command(path: str) -> list[str]:
+    return ["rm", "-f", "--", path]
+
+
+def save_copy_command(path: str, copy_path: str) -> list[str]:
+    return _sh(_SAVE_COPY, path, copy_path)
+
+
+def install_command(target: str, source: str, mode: int | None, owner: str | None) -> list[str]:
+    return _sh(_INSTALL, target, source, "" if mode is None else format(mode, "o"), owner or "")
