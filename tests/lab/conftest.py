@@ -9,7 +9,6 @@ import pytest
 from helpers.lab import require_lab_prerequisites
 
 from kubeha.lab import Lab, LabSpec
-from kubeha.lab.lab import leftovers
 from kubeha.model import Layout
 
 
@@ -25,4 +24,4 @@ def lab(request):
         yield lab
     finally:
         lab.down()
-        assert not leftovers(lab.paths.root)
+        assert not lab.leftovers()

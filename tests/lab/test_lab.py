@@ -146,7 +146,7 @@ def test_exactly_one_vip_holder_and_killing_its_keepalived_moves_the_vip(lab: La
     holders = lab.vip_holders(cluster)
     assert len(holders) == 1
     holder = holders[0]
-    pids = [p for p in ns.pids_in_netns(ns.netns_name(holder)) if _comm(p) == "keepalived"]
+    pids = [p for p in ns.pids_in_netns(lab.names.netns(holder)) if _comm(p) == "keepalived"]
     assert pids
     for pid in pids:
         ns.kill_all({pid})  # SIGKILL: no graceful VRRP priority-0 advert

@@ -12,7 +12,6 @@ import pytest
 
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
-from kubeha.lab.lab import leftovers
 
 from helpers.lab import require_lab_prerequisites
 
@@ -29,7 +28,7 @@ def test_lab_up_after_a_crashed_run_removes_the_stale_lab_and_down_leaves_nothin
                                     "--workers", "1"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
-        while len(ns.lab_netns()) < 2 and time.monotonic() < deadline:
+        while len(ns.lab_netns(lab.names)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)  # well into building: namespaces, mounts, sshd, services
         os.killpg(crashed.pid, signal.SIGKILL)
@@ -40,4 +39,4 @@ def test_lab_up_after_a_crashed_run_removes_the_stale_lab_and_down_leaves_nothin
         assert [h["name"] for h in lab.status()["hosts"]] == [h.name for h in topology.hosts]
     finally:
         lab.down()
-    assert leftovers(lab.paths.root) == []
+    assert lab.leftovers() == []

@@ -6,8 +6,12 @@ import pytest
 from pydantic import ValidationError
 
 from kubeha.errors import InputError
-from kubeha.lab.topology import LabSpec, host_services, lab_topology, node_client_endpoint
+from kubeha.lab.topology import LabSpec as _LabSpec, host_services, lab_topology, node_client_endpoint
 from kubeha.model import Cluster, Host, Layout, Role
+
+
+def LabSpec(**kwargs) -> _LabSpec:
+    return _LabSpec(**{"subnet": IPv4Network("10.212.0.0/24"), **kwargs})
 
 
 def test_hosts_must_have_unique_names_and_addresses():

@@ -15,7 +15,8 @@ from kubeha.errors import InputError
 from kubeha.lab import Lab, LabSpec
 from kubeha.model import Layout
 
-app = typer.Typer(help="Build, inspect and remove the lab (needs root).", no_args_is_help=True)
+app = typer.Typer(help="Build, inspect and remove the lab (needs root). Set KUBEHA_LAB_ID=N to run "
+                       "lab N beside the default one.", no_args_is_help=True)
 out = Console()
 
 
@@ -36,13 +37,14 @@ def up(
     spares: Annotated[int, typer.Option(help="Spare hosts running only sshd: the new machines of a migration.")] = 3,
     workers: Annotated[int, typer.Option(help="Workers (kubelet and a node-local nginx apiserver proxy).")] = 3,
     layout: Annotated[Layout, typer.Option(help="kubeadm (static pods) or kubeasz (systemd units).")] = Layout.KUBEADM,
-    subnet: Annotated[str, typer.Option(help="Private subnet of the lab bridge.")] = "10.212.0.0/24",
+    subnet: Annotated[str | None, typer.Option(
+        help="Private subnet of the lab bridge [default: 10.212.<KUBEHA_LAB_ID or 0>.0/24].")] = None,
 ) -> None:
     """Build the lab; a stale lab from a crashed run is removed first.
 
     Example: kubeha lab up --layout kubeasz --masters 3 --workers 2
     """
-    spec = LabSpec(masters=masters, spares=spares, workers=workers, layout=layout, subnet=_subnet(subnet))
+    spec = LabSpec(masters=masters, spares=spares, workers=workers, layout=layout, subnet=_subnet(subnet) if subnet else None)
     lab = _lab()
     lab.up(spec)
     _print_status(lab.status())

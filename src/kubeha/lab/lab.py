@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -29,7 +29,6 @@ from kubeha.model import Cluster, Host
 from kubeha.pki.cluster import ADMIN, ClusterAuthorities, client_cert
 from kubeha.render import render_kubeconfig
 
-DEFAULT_STATE_DIR = Path("/var/lib/kubeha-lab")
 READY_TIMEOUT = 120.0
 STANDINS = {
     "kube-apiserver": "apiserver",
@@ -44,10 +43,6 @@ REQUIRED_BINARIES = ("ip", "unshare", "nsenter", "/usr/sbin/sshd", "ssh-keygen",
 @dataclass(frozen=True)
 class LabPaths:
     root: Path
-
-    @classmethod
-    def default(cls) -> LabPaths:
-        return cls(Path(os.environ.get("KUBEHA_LAB_DIR", DEFAULT_STATE_DIR)))
 
     ns_dir = property(lambda self: self.root / "ns")
     bin_dir = property(lambda self: self.root / "bin")
@@ -88,15 +83,16 @@ def _write(path: Path, content: bytes | str, mode: int = 0o644) -> None:
 class Lab:
     """One lab on this machine, kept in ``paths.root``."""
 
-    def __init__(self, paths: LabPaths | None = None, log: Callable[[str], None] = lambda _: None):
-        self.paths = paths or LabPaths.default()
+    def __init__(self, names: ns.LabNames | None = None, log: Callable[[str], None] = lambda _: None):
+        self.names = names or ns.LabNames.from_env()
+        self.paths = LabPaths(self.names.state_dir)
         self.log = log
 
     # ---- state -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return (self.paths.root.exists() or bool(ns.lab_netns()) or ns.bridge_exists()
-                or bool(ns.lab_veths()))
+        return (self.paths.root.exists() or bool(ns.lab_netns(self.names))
+                or ns.bridge_exists(self.names) or bool(ns.lab_veths(self.names)))
 
     def topology(self) -> LabTopology:
         try:
@@ -117,18 +113,22 @@ class Lab:
     def on(self, host: str, cmd: list[str], *, check: bool = True,
            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` on a lab host directly (not over SSH): for building and inspecting the lab."""
-        return ns.run(ns.HostNamespaces(self.paths.ns_dir, host).enter(cmd), check=check,
-                      timeout=timeout)
+        return ns.run(self._namespaces(host).enter(cmd), check=check, timeout=timeout)
+
+    def _namespaces(self, host: str) -> ns.HostNamespaces:
+        return ns.HostNamespaces(self.names, self.paths.ns_dir, host)
 
     # ---- up ----------------------------------------------------------------------------
 
     def up(self, spec: LabSpec) -> LabTopology:
+        if spec.subnet is None:
+            spec = replace(spec, subnet=self.names.default_subnet)
         topology = lab_topology(spec)
         _require_root_and_binaries()
         if self.exists():
             self.log("removing a stale lab first")
             self.down()
-        ns.check_subnet_free(spec.subnet)
+        ns.check_subnet_free(topology.subnet)
         started = time.monotonic()
         try:
             self._build(topology)
@@ -159,7 +159,7 @@ class Lab:
         _write(self.paths.created_mount_targets, json.dumps(ns.create_mount_targets()))
         ns.prepare_ns_dir(self.paths.ns_dir)
         network = ns.LabNetwork(topology.subnet)
-        ns.create_bridge(network)
+        ns.create_bridge(self.names, network)
         hosts_text = etc_hosts(topology)
         # Certificates are the slow part of a host: make them in parallel, then build hosts.
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -167,10 +167,9 @@ class Lab:
                                   topology.hosts))
         for index, (host, host_file_set) in enumerate(zip(topology.hosts, files)):
             self.log(f"building host {host.name} ({host.address})")
-            ns.create_host_network(host.name, index, host.address, network)
+            ns.create_host_network(self.names, host.name, index, host.address, network)
             self._write_host_files(host, host_file_set, hosts_text)
-            ns.HostNamespaces(self.paths.ns_dir, host.name).create(
-                self.paths.host_root(host.name), self._binds(host))
+            self._namespaces(host.name).create(self.paths.host_root(host.name), self._binds(host))
             self.on(host.name, ["/usr/sbin/sshd", "-f", "/etc/ssh/sshd_config"])
 
     def _write_standins(self) -> None:
@@ -303,7 +302,7 @@ class Lab:
             return []
         holders = []
         for host in cluster.lb_hosts:
-            out = ns.run(["ip", "-n", ns.netns_name(host.name), "-4", "-o", "addr", "show", "dev",
+            out = ns.run(["ip", "-n", self.names.netns(host.name), "-4", "-o", "addr", "show", "dev",
                           "eth0"], check=False).stdout
             if f" {cluster.vip.address}/" in out:
                 holders.append(host.name)
@@ -335,7 +334,7 @@ class Lab:
             "layout": cluster.layout.value, "state_dir": str(self.paths.root),
             "endpoint": cluster.endpoint, "vip_holders": self.vip_holders(cluster),
             "hosts": hosts, "nodes": nodes, "memory_mib": round(self.memory_bytes() / 2**20),
-            "processes": len(ns.lab_pids()), "admin_kubeconfig": str(self.paths.admin_kubeconfig),
+            "processes": len(ns.lab_pids(self.names)), "admin_kubeconfig": str(self.paths.admin_kubeconfig),
         }
 
     def _sshd_alive(self, host: str) -> bool:
@@ -348,7 +347,7 @@ class Lab:
     def memory_bytes(self) -> int:
         """Proportional set size of every lab process (shared pages counted once in all)."""
         total = 0
-        for pid in ns.lab_pids():
+        for pid in ns.lab_pids(self.names):
             try:
                 for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                     if line.startswith("Pss:"):
@@ -365,28 +364,28 @@ class Lab:
 
     # ---- down --------------------------------------------------------------------------
 
+    def leftovers(self) -> list[str]:
+        """Whatever of this lab still exists on this machine."""
+        names, root = self.names, self.paths.root
+        left = [f"netns {n}" for n in ns.lab_netns(names)]
+        left += [f"bridge {names.bridge}"] if ns.bridge_exists(names) else []
+        left += [f"link {v}" for v in ns.lab_veths(names)]
+        left += [f"mount {m}" for m in ns.lab_mounts(names, root)]
+        left += [f"process {p}" for p in ns.lab_pids(names)]
+        left += [f"directory {root}"] if root.exists() else []
+        return left
+
     def down(self) -> None:
-        ns.remove_network_and_namespaces(self.paths.root)
+        ns.remove_network_and_namespaces(self.names, self.paths.root)
         try:
             ns.remove_mount_targets(json.loads(self.paths.created_mount_targets.read_text()))
         except (OSError, ValueError):
             pass  # a lab that crashed before creating them
         if self.paths.root.exists():
             shutil.rmtree(self.paths.root)
-        left = leftovers(self.paths.root)
+        left = self.leftovers()
         if left:
             raise LabError(f"lab down left {', '.join(left)} behind: remove them by hand")
-
-
-def leftovers(root: Path) -> list[str]:
-    """Whatever of a lab still exists on this machine."""
-    left = [f"netns {n}" for n in ns.lab_netns()]
-    left += [f"bridge {ns.BRIDGE}"] if ns.bridge_exists() else []
-    left += [f"link {v}" for v in ns.lab_veths()]
-    left += [f"mount {m}" for m in ns.lab_mounts(root)]
-    left += [f"process {p}" for p in ns.lab_pids()]
-    left += [f"directory {root}"] if root.exists() else []
-    return left
 
 
 def node_readiness(api: httpx.Client) -> dict[str, bool]:

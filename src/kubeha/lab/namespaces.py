@@ -1,7 +1,8 @@
 """Lab hosts as Linux namespaces: one network, mount and UTS namespace per host.
 
-Every lab object carries a fixed prefix (netns ``kh-<host>``, bridge ``khbr0``, veth
-``khv<n>``) so that a stale lab can be found and removed after a crash without any state.
+Every object of a lab carries its lab's prefix (netns ``kh<id>-<host>``, bridge
+``khbr<id>``, veths ``khv<id>_<n>``) so that a stale lab can be found and removed after a
+crash without any state, and labs with different ids can run side by side.
 """
 
 from __future__ import annotations
@@ -16,9 +17,46 @@ from pathlib import Path
 
 from kubeha.errors import LabError
 
-NETNS_PREFIX = "kh-"
-BRIDGE = "khbr0"
-VETH_PREFIX = "khv"
+
+@dataclass(frozen=True)
+class LabNames:
+    """The names of one lab's kernel objects; ``lab_id`` is empty or up to 3 digits."""
+
+    lab_id: str = ""
+
+    @property
+    def netns_prefix(self) -> str:
+        return f"kh{self.lab_id}-"
+
+    @property
+    def bridge(self) -> str:
+        return f"khbr{self.lab_id or 0}"
+
+    @property
+    def veth_prefix(self) -> str:
+        return f"khv{self.lab_id}_"
+
+    @classmethod
+    def from_env(cls) -> LabNames:
+        """The lab of ``KUBEHA_LAB_ID`` (unset: the default lab)."""
+        lab_id = os.environ.get("KUBEHA_LAB_ID", "")
+        if lab_id and not (lab_id.isdigit() and int(lab_id) <= 255):
+            raise LabError(f"KUBEHA_LAB_ID={lab_id!r} must be a number from 0 to 255")
+        return cls(lab_id)
+
+    @property
+    def default_subnet(self) -> IPv4Network:
+        return IPv4Network(f"10.212.{int(self.lab_id or 0)}.0/24")
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(f"/var/lib/kubeha-lab{'-' + self.lab_id if self.lab_id else ''}")
+
+    def netns(self, host: str) -> str:
+        return f"{self.netns_prefix}{host}"
+
+    def veth(self, index: int) -> str:
+        return f"{self.veth_prefix}{index}"
 
 # Directories every lab host gets a private copy of; the rest of the file system is shared.
 HOST_PRIVATE_DIRS = (
@@ -87,30 +125,27 @@ def check_subnet_free(subnet: IPv4Network) -> None:
             continue
         if net.prefixlen == 0 or net.is_loopback:
             continue
-        if net.overlaps(subnet) and BRIDGE not in line:
+        if net.overlaps(subnet):
             raise LabError(
                 f"the lab subnet {subnet} overlaps {net} already routed on this machine: "
                 "pass --subnet with a free private range"
             )
 
 
-def create_bridge(network: LabNetwork) -> None:
-    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    run(["ip", "addr", "add", str(network.gateway), "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
+def create_bridge(names: LabNames, network: LabNetwork) -> None:
+    run(["ip", "link", "add", names.bridge, "type", "bridge"])
+    run(["ip", "addr", "add", str(network.gateway), "dev", names.bridge])
+    run(["ip", "link", "set", names.bridge, "up"])
 
 
-def netns_name(host: str) -> str:
-    return f"{NETNS_PREFIX}{host}"
-
-
-def create_host_network(host: str, index: int, address: IPv4Address, network: LabNetwork) -> None:
+def create_host_network(names: LabNames, host: str, index: int, address: IPv4Address,
+                        network: LabNetwork) -> None:
     """A netns with lo and eth0 on the lab bridge, and no default route: nothing leaves the lab."""
-    ns = netns_name(host)
-    veth = f"{VETH_PREFIX}{index}"
+    ns = names.netns(host)
+    veth = names.veth(index)
     run(["ip", "netns", "add", ns])
     run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-    run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+    run(["ip", "link", "set", veth, "master", names.bridge, "up"])
     inside = ["ip", "netns", "exec", ns]
     run([*inside, "ip", "link", "set", "lo", "up"])
     run([*inside, "ip", "addr", "add", f"{address}/{network.subnet.prefixlen}", "dev", "eth0"])
@@ -122,11 +157,11 @@ def create_host_network(host: str, index: int, address: IPv4Address, network: La
 class HostNamespaces:
     """The persistent mount + UTS namespaces of one host, bound to files in ``ns_dir``."""
 
-    def __init__(self, ns_dir: Path, host: str):
+    def __init__(self, names: LabNames, ns_dir: Path, host: str):
         self.host = host
         self.mnt = ns_dir / f"{host}.mnt"
         self.uts = ns_dir / f"{host}.uts"
-        self.net = Path("/run/netns") / netns_name(host)
+        self.net = Path("/run/netns") / names.netns(host)
 
     def enter(self, cmd: list[str]) -> list[str]:
         """``cmd`` as it runs on the host: in its network, mount and UTS namespaces."""
@@ -176,9 +211,9 @@ def _is_mountpoint(path: Path) -> bool:
     return run(["mountpoint", "-q", str(path)], check=False).returncode == 0
 
 
-def lab_netns() -> list[str]:
+def lab_netns(names: LabNames) -> list[str]:
     out = run(["ip", "netns", "list"], check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(NETNS_PREFIX)]
+    return [line.split()[0] for line in out.splitlines() if line.startswith(names.netns_prefix)]
 
 
 def pids_in_netns(ns: str) -> set[int]:
@@ -186,29 +221,29 @@ def pids_in_netns(ns: str) -> set[int]:
     return {int(p) for p in out.split() if p.isdigit()}
 
 
-def lab_pids() -> set[int]:
+def lab_pids(names: LabNames) -> set[int]:
     pids: set[int] = set()
-    for ns in lab_netns():
+    for ns in lab_netns(names):
         pids |= pids_in_netns(ns)
     return pids
 
 
-def lab_veths() -> list[str]:
+def lab_veths(names: LabNames) -> list[str]:
     out = run(["ip", "-o", "link", "show"], check=False).stdout
-    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
-    return [n for n in names if n.startswith(VETH_PREFIX)]
+    links = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+    return [link for link in links if link.startswith(names.veth_prefix)]
 
 
-def bridge_exists() -> bool:
-    return run(["ip", "link", "show", BRIDGE], check=False).returncode == 0
+def bridge_exists(names: LabNames) -> bool:
+    return run(["ip", "link", "show", names.bridge], check=False).returncode == 0
 
 
-def lab_mounts(state_dir: Path) -> list[str]:
+def lab_mounts(names: LabNames, state_dir: Path) -> list[str]:
     """Mount points in this mount namespace that belong to the lab."""
     out = run(["findmnt", "-rn", "-o", "TARGET"], check=False).stdout
     root = str(state_dir)
     return [m for m in out.splitlines() if m == root or m.startswith(root + "/")
-            or m.startswith(f"/run/netns/{NETNS_PREFIX}")]
+            or m.startswith(f"/run/netns/{names.netns_prefix}")]
 
 
 def kill_all(pids: set[int], *, timeout: float = 5.0) -> None:
@@ -232,20 +267,20 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def remove_network_and_namespaces(state_dir: Path) -> None:
+def remove_network_and_namespaces(names: LabNames, state_dir: Path) -> None:
     """Remove every lab process, mount, namespace and the bridge. Idempotent."""
     for _ in range(5):  # processes may fork while we kill (supervisors restarting services)
-        pids = lab_pids()
+        pids = lab_pids(names)
         if not pids:
             break
         kill_all(pids)
-    for mount in sorted(lab_mounts(state_dir), key=len, reverse=True):
+    for mount in sorted(lab_mounts(names, state_dir), key=len, reverse=True):
         run(["umount", "-l", mount], check=False)
-    for ns in lab_netns():
+    for ns in lab_netns(names):
         run(["ip", "netns", "del", ns], check=False)
     # A namespace outlives its name while orphaned TCP sockets in it still retransmit their
     # FIN (minutes); deleting our end of its veth detaches it from the lab at once.
-    for veth in lab_veths():
+    for veth in lab_veths(names):
         run(["ip", "link", "del", veth], check=False)
-    if bridge_exists():
-        run(["ip", "link", "del", BRIDGE], check=False)
+    if bridge_exists(names):
+        run(["ip", "link", "del", names.bridge], check=False)

@@ -16,7 +16,6 @@ from kubeha.render import (
     render_kubelet, render_node_proxy_conf,
 )
 
-DEFAULT_SUBNET = IPv4Network("10.212.0.0/24")
 # Host addresses are <subnet> + offset: masters .11.., spares .21.., workers .31.., VIP .100.
 MASTER_OFFSET, SPARE_OFFSET, WORKER_OFFSET, VIP_OFFSET = 10, 20, 30, 100
 MAX_PER_KIND = 9
@@ -35,17 +34,19 @@ class LabSpec:
     spares: int = 3
     workers: int = 3
     layout: Layout = Layout.KUBEADM
-    subnet: IPv4Network = DEFAULT_SUBNET
+    subnet: IPv4Network | None = None  # None: the lab's own (10.212.<lab id>.0/24)
 
     def validate(self) -> None:
         for kind, count, low in (("masters", self.masters, 1), ("spares", self.spares, 0),
                                  ("workers", self.workers, 0)):
             if not low <= count <= MAX_PER_KIND:
                 raise InputError(f"--{kind} must be between {low} and {MAX_PER_KIND}, not {count}")
+        if self.subnet is None:
+            raise InputError("the lab needs a subnet")
         if self.subnet.prefixlen > 24:
             raise InputError(f"--subnet {self.subnet} is too small: use a /24 or larger")
         if not self.subnet.is_private:
-            raise InputError(f"--subnet {self.subnet} is not a private range: use e.g. {DEFAULT_SUBNET}")
+            raise InputError(f"--subnet {self.subnet} is not a private range: use e.g. 10.212.0.0/24")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class LabTopology:
 
 def lab_topology(spec: LabSpec) -> LabTopology:
     spec.validate()
+    assert spec.subnet is not None
     base = spec.subnet.network_address
 
     def hosts(kind: str, count: int, offset: int, roles: frozenset[Role]) -> tuple[Host, ...]:
