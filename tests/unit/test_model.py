@@ -62,3 +62,12 @@ def test_roles():
     c = lab_topology(LabSpec(workers=1)).cluster
     assert all(h.has(Role.ETCD) for h in c.masters)
     assert c.lb_hosts == c.masters
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+def test_a_lab_without_lb_has_no_vip_and_clients_use_the_first_master(layout):
+    c = lab_topology(LabSpec(layout=layout, with_lb=False)).cluster
+    assert c.vip is None and c.endpoint == "https://10.212.0.11:6443"
+    for host in c.hosts:
+        assert not {"haproxy", "nginx"} & set(host_services(c, host))
+        assert node_client_endpoint(c, host) == c.endpoint

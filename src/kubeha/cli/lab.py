@@ -37,6 +37,8 @@ def up(
     spares: Annotated[int, typer.Option(help="Spare hosts running only sshd: the new machines of a migration.")] = 3,
     workers: Annotated[int, typer.Option(help="Workers (kubelet and a node-local nginx apiserver proxy).")] = 3,
     layout: Annotated[Layout, typer.Option(help="kubeadm (static pods) or kubeasz (systemd units).")] = Layout.KUBEADM,
+    lb: Annotated[bool, typer.Option("--lb/--no-lb", help="Build the VIP and load balancers "
+                                     "(--no-lb: clients use the first master, for trying 'kubeha lb apply').")] = True,
     subnet: Annotated[str | None, typer.Option(
         help="Private subnet of the lab bridge [default: 10.212.<KUBEHA_LAB_ID or 0>.0/24].")] = None,
 ) -> None:
@@ -44,7 +46,8 @@ def up(
 
     Example: kubeha lab up --layout kubeasz --masters 3 --workers 2
     """
-    spec = LabSpec(masters=masters, spares=spares, workers=workers, layout=layout, subnet=_subnet(subnet) if subnet else None)
+    spec = LabSpec(masters=masters, spares=spares, workers=workers, layout=layout, with_lb=lb,
+                   subnet=_subnet(subnet) if subnet else None)
     lab = _lab()
     lab.up(spec)
     _print_status(lab.status())

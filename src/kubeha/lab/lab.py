@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import httpx
-from ruamel.yaml import YAML
 
 from kubeha.errors import LabError
+from kubeha.inventory import Inventory, SshDefaults, dump_inventory
 from kubeha.lab import namespaces as ns
 from kubeha.lab.objects import cluster_objects
 from kubeha.lab.topology import (
@@ -203,9 +203,9 @@ class Lab:
         _write(self.paths.admin_kubeconfig, render_kubeconfig(
             cluster_name=cluster.name, server=cluster.endpoint, ca_pem=auth.ca.cert_pem,
             client_cert_pem=admin.cert_pem, client_key_pem=admin.key_pem, user=ADMIN[0]), 0o600)
-        yaml = YAML()
-        with self.paths.inventory.open("w") as f:
-            yaml.dump(cluster.model_dump(mode="json"), f)
+        inventory = Inventory(cluster=cluster, ssh=SshDefaults(
+            key_file=self.paths.ssh_key, known_hosts=self.paths.known_hosts))
+        _write(self.paths.inventory, dump_inventory(inventory), 0o600)
 
     def _write_host_files(self, host: Host, files: dict, hosts_text: str) -> None:
         name = host.name
@@ -313,7 +313,8 @@ class Lab:
         cluster = topology.cluster
         hosts = []
         for host in topology.hosts:
-            units = host_services(cluster, host) + (("keepalived",) if host in cluster.lb_hosts else ())
+            keepalived = host in cluster.lb_hosts and cluster.vip is not None
+            units = host_services(cluster, host) + (("keepalived",) if keepalived else ())
             states = {}
             if units:
                 out = self.on(host.name, ["systemctl", "is-active", *units], check=False).stdout.split()

@@ -34,6 +34,7 @@ class LabSpec:
     spares: int = 3
     workers: int = 3
     layout: Layout = Layout.KUBEADM
+    with_lb: bool = True  # False: no VIP, haproxy, keepalived or node-local proxy (for `kubeha lb apply`)
     subnet: IPv4Network | None = None  # None: the lab's own (10.212.<lab id>.0/24)
 
     def validate(self) -> None:
@@ -78,7 +79,8 @@ def lab_topology(spec: LabSpec) -> LabTopology:
         name="kubeha-lab",
         layout=spec.layout,
         hosts=masters + workers,
-        vip=VirtualIP(address=base + VIP_OFFSET),
+        vip=VirtualIP(address=base + VIP_OFFSET) if spec.with_lb else None,
+        node_local_proxy=spec.with_lb,
     )
     return LabTopology(cluster=cluster, spares=hosts("spare", spec.spares, SPARE_OFFSET, frozenset()),
                        subnet=spec.subnet)
@@ -91,6 +93,8 @@ def keepalived_priority(cluster: Cluster, host: Host) -> int:
 
 def node_proxy_hosts(cluster: Cluster) -> tuple[Host, ...]:
     """Hosts running the node-local nginx: every worker, and the masters in the kubeasz layout."""
+    if not cluster.node_local_proxy:
+        return ()
     if cluster.layout is Layout.KUBEASZ:
         return tuple(h for h in cluster.hosts if h.has(Role.WORKER) or h.has(Role.MASTER))
     return cluster.workers
