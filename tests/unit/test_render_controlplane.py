@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_render_clusters import cluster, make_cluster, run, run_in_namespaces  # noqa: F401
+from helpers.render_clusters import cluster, make_cluster, run, run_in_namespaces  # noqa: F401
 
 from kubeha import pki
 from kubeha.errors import InputError
@@ -237,7 +237,8 @@ def test_rendering_is_deterministic(cluster: Cluster) -> None:
     hashes (and so set orders) differ."""
     assert _render_everything(cluster) == _render_everything(Cluster.model_validate(cluster.model_dump()))
     masters, layout = len(cluster.masters), cluster.layout.value
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_render_controlplane as t; "
+    code = (f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]; "
+            "import test_render_controlplane as t; "
             f"print(t._digest_of_everything({masters}, {layout!r}))")
     digests = {
         run(sys.executable, "-c", code, env=os.environ | {"PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from test_render_clusters import VIP, cluster, make_cluster, run, run_in_namespaces  # noqa: F401
+from helpers.render_clusters import VIP, cluster, make_cluster, run, run_in_namespaces  # noqa: F401
 
 from kubeha import pki
 from kubeha.errors import InputError
@@ -42,7 +42,8 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 def _python_calling(function: str, *args: object) -> list[str]:
     """argv of a fresh python that calls ``function(*args)`` of this module (args as str)."""
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_render_ha as t; t.{function}(*sys.argv[1:])"
+    code = (f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]; import test_render_ha as t; "
+            f"t.{function}(*sys.argv[1:])")
     return [sys.executable, "-c", code, *map(str, args)]
 
 
@@ -300,3 +301,29 @@ def test_node_proxy_skips_a_dead_apiserver(tmp_path: Path) -> None:
     result = _in_child("node_proxy_failover", _write(tmp_path, "nginx.conf", conf), 16001, 16002)
     assert result["answers"] == [f"live:{i}" for i in range(6)]
     assert result["pid"].isdigit()
+
+
+
+def test_shapes(cluster: Cluster) -> None:
+    assert cluster.lb_hosts == cluster.masters
+    assert cluster.etcd_members == cluster.masters
+    assert [w.name for w in cluster.workers] == ["w1"]
+
+
+def test_renderers_follow_the_inventory_load_balancer_settings(tmp_path: Path) -> None:
+    from kubeha.model import LoadBalancer, VirtualIP
+
+    base = make_cluster(3, Layout.KUBEADM)
+    tuned = base.model_copy(update={
+        "extra_vips": (VirtualIP(address=IPv4Address("10.77.0.200"), port=9443),),
+        "load_balancer": LoadBalancer(keepalived_unicast=True, haproxy_check_interval_ms=200,
+                                      haproxy_check_fall=2, node_local_proxy_port=16443),
+    })
+    haproxy = render_haproxy_cfg(tuned)
+    assert "bind *:8443" in haproxy and "bind *:9443" in haproxy
+    assert "inter 200ms" in haproxy and "fall 2" in haproxy and "timeout check 200ms" in haproxy
+    assert run("haproxy", "-c", "-f", str(_write(tmp_path, "h.cfg", haproxy))).returncode == 0
+    keepalived = render_keepalived_conf(tuned, tuned.masters[0], 150)
+    assert "10.77.0.100/32" in keepalived and "10.77.0.200/32" in keepalived
+    assert "unicast_peer" in keepalived
+    assert "listen 127.0.0.1:16443;" in render_node_proxy_conf(tuned)

@@ -26,12 +26,23 @@ class Backend(NamedTuple):
 # The Debian unit creates no /run/haproxy/, so the runtime API socket lives in /run itself.
 HAPROXY_ADMIN_SOCKET = PurePosixPath("/run/haproxy-admin.sock")
 
-# A dead or hung apiserver is out of rotation within 2 s: the next check starts within
-# `inter`, each check gives up after `timeout check` (or a connect after min(inter,
-# timeout connect)), and 3 failures `fastinter` apart mark it down: 400 + 3 x 400 + 2 x 100
-# = 1800 ms at worst; a refused connect takes < 1 s. 400 ms leaves a slow /readyz room.
-_HAPROXY_CHECK = {"inter": "400ms", "fastinter": "100ms", "downinter": "1s", "fall": 3, "rise": 2}
-_HAPROXY_TIMEOUTS = {"connect": "1s", "check": "400ms", "session": "1h"}
+
+
+def _haproxy_check(cluster: Cluster) -> dict[str, str | int]:
+    """Health-check timings from the inventory (defaults: inter 400 ms, fall 3, rise 2).
+
+    With the defaults a dead or hung apiserver is out of rotation within 2 s: the next
+    check starts within `inter`, each check gives up after `timeout check` (= inter), and
+    `fall` failures `fastinter` apart mark it down: 400 + 3 x 400 + 2 x 100 = 1800 ms at
+    worst; a refused connect takes < 1 s. 400 ms leaves a slow /readyz room.
+    """
+    lb = cluster.load_balancer
+    inter = lb.haproxy_check_interval_ms
+    return {"inter": f"{inter}ms", "fastinter": f"{max(inter // 4, 10)}ms", "downinter": "1s",
+            "fall": lb.haproxy_check_fall, "rise": lb.haproxy_check_rise, "timeout": f"{inter}ms"}
+
+
+_HAPROXY_TIMEOUTS = {"connect": "1s", "session": "1h"}
 # Between 3 adverts missed (0.6 s) and scheduling jitter on a loaded host (VRRPv3 only).
 KEEPALIVED_ADVERT_INT = 0.2
 _KEEPALIVED_SCRIPT = {"interval": 1, "timeout": 2, "fall": 2, "rise": 2}
@@ -68,11 +79,11 @@ def render_haproxy_cfg(
     return render_template(
         "haproxy.cfg.j2",
         cluster_name=cluster.name,
-        port=_vip(cluster).port,
+        ports=sorted({_vip(cluster).port, *(v.port for v in cluster.vips)}),
         backends=_backends(cluster, backends),
         admin_socket=HAPROXY_ADMIN_SOCKET,
         hard_stop_after="30s",
-        check=_HAPROXY_CHECK,
+        check=_haproxy_check(cluster),
         timeouts=_HAPROXY_TIMEOUTS,
     )
 
@@ -82,22 +93,27 @@ def render_keepalived_conf(
     host: Host,
     priority: int,
     *,
-    unicast: bool = False,
+    unicast: bool | None = None,
     peers: Sequence[IPv4Address | str] | None = None,
 ) -> str:
     """keepalived.conf for ``host``: one VRRPv3 instance holding the VIP.
 
     Every host starts as BACKUP with ``nopreempt``; the highest ``priority`` that comes up
     first takes the VIP and keeps it until it stops or its check fails. The check fetches
-    ``/readyz`` through the local haproxy. With ``unicast`` the adverts go to ``peers``
+    ``/readyz`` through the local haproxy. Every VIP of the cluster (``vip`` and
+    ``extra_vips``) moves together. With ``unicast`` (default: the inventory's
+    ``load_balancer.keepalived_unicast``) the adverts go to ``peers``
     (default: the other LB hosts) instead of the VRRP multicast group; a host without
     peers (a single LB host) has nobody to advertise to and keeps multicast.
     """
     vip = _vip(cluster)
+    if unicast is None:
+        unicast = cluster.load_balancer.keepalived_unicast
     if not 1 <= priority <= 254:
         raise InputError(f"keepalived priority {priority} on {host.name} is outside 1..254")
-    if vip.address == host.address:
-        raise InputError(f"the VIP {vip.address} is the address of {host.name}: choose a free address")
+    for v in cluster.vips:
+        if v.address == host.address:
+            raise InputError(f"the VIP {v.address} is the address of {host.name}: choose a free address")
     if peers is None:
         peers = [h.address for h in cluster.lb_hosts if h.name != host.name]
     peer_addresses = [str(IPv4Address(str(p))) for p in peers]
@@ -117,14 +133,14 @@ def render_keepalived_conf(
         advert_int=KEEPALIVED_ADVERT_INT,
         unicast_src_ip=str(host.address) if unicast and peer_addresses else None,
         peers=peer_addresses,
-        vip=vip.address,
+        vips=[v.address for v in cluster.vips],
     )
 
 
 def render_node_proxy_conf(
     cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None
 ) -> str:
-    """nginx.conf of the node-local proxy: ``127.0.0.1:<apiserver port>`` to every apiserver.
+    """nginx.conf of the node-local proxy: ``127.0.0.1:<node-local port>`` to every apiserver.
 
     A stream-only nginx (no http block, no includes) for Debian's unit
     (``nginx -g 'daemon on; master_process on;'``, pid /run/nginx.pid). New connections go
@@ -134,7 +150,7 @@ def render_node_proxy_conf(
     return render_template(
         "nginx.conf.j2",
         cluster_name=cluster.name,
-        port=cluster.apiserver_port,
+        port=cluster.node_local_port,
         backends=_backends(cluster, backends),
         # one failed connect is evidence enough (the next server is tried anyway); 5 s
         # away lets a restarted apiserver back soon
