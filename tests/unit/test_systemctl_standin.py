@@ -19,12 +19,12 @@ import pytest
 from helpers.etcd import free_port
 
 
-
 @pytest.fixture(autouse=True)
 def _needs_root() -> None:
     # never a skip: without root these tests fail and say why
     if os.geteuid() != 0:
         pytest.fail("these tests need root (mount namespaces): run scripts/test.sh as root")
+
 
 PRELUDE = """
 set -u
