@@ -12,7 +12,9 @@ from kubeha.lab import Lab, LabSpec
 from kubeha.model import Layout
 
 
-@pytest.fixture(scope="module", params=[Layout.KUBEADM, Layout.KUBEASZ], ids=lambda l: l.value)
+# Session scope: pytest groups the tests by layout, so each layout's lab is built once for
+# every module. Tests that break something repair it before they end.
+@pytest.fixture(scope="session", params=[Layout.KUBEADM, Layout.KUBEASZ], ids=lambda l: l.value)
 def lab(request):
     require_lab_prerequisites()
     lab = Lab(log=print)

@@ -13,7 +13,7 @@ import pytest
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
 
-from helpers.lab import require_lab_prerequisites
+from helpers.lab import require_lab_prerequisites, side_lab_names
 
 pytestmark = pytest.mark.lab
 
@@ -22,11 +22,12 @@ KUBEHA = [sys.executable, "-m", "kubeha.cli"]
 
 def test_lab_up_after_a_crashed_run_removes_the_stale_lab_and_down_leaves_nothing():
     require_lab_prerequisites()
-    lab = Lab()
+    lab = Lab(side_lab_names())
     try:
         crashed = subprocess.Popen([*KUBEHA, "lab", "up", "--masters", "1", "--spares", "1",
                                     "--workers", "1"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
+                                   stderr=subprocess.DEVNULL, start_new_session=True,
+                                   env=os.environ | {"KUBEHA_LAB_ID": lab.names.lab_id})
         deadline = time.monotonic() + 60
         while len(ns.lab_netns(lab.names)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
