@@ -1,0 +1,86 @@
+"""The official ``kubernetes`` client, built for one server with x509 client credentials."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+
+from kubeha.errors import KubehaError
+
+# Node labels that mark a control-plane node (the second one: before Kubernetes 1.24).
+CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+_VERSION = re.compile(r"^v\d+\.\d+\.\d+")
+
+
+class KubeError(KubehaError):
+    """The API could not be reached or refused a request."""
+
+
+def api_client(server: str, ca_file: str, cert_file: str, key_file: str, *,
+               tls_server_name: str | None = None) -> k8s.ApiClient:
+    """An ApiClient for ``server``; ``tls_server_name`` is the name the server's certificate
+    must carry when ``server`` is a tunnel's local end. Verification is never turned off."""
+    config = k8s.Configuration(host=server.rstrip("/"))
+    config.ssl_ca_cert = ca_file
+    config.cert_file = cert_file
+    config.key_file = key_file
+    config.verify_ssl = True
+    config.tls_server_name = tls_server_name
+    config.retries = 0  # a dead endpoint is reported, not retried for minutes
+    return k8s.ApiClient(config)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    internal_ip: IPv4Address | None
+    control_plane: bool
+
+
+def _call(api: k8s.ApiClient, what: str, request: Callable[..., Any], timeout: float) -> Any:
+    try:
+        return request(_request_timeout=timeout)
+    except k8s.ApiException as e:
+        raise KubeError(f"the API at {api.configuration.host} refused {what}: "
+                        f"HTTP {e.status} {e.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        reason = type(e).__name__ if not str(e) else str(e).splitlines()[0][:200]
+        raise KubeError(f"cannot reach the API at {api.configuration.host} for {what}: {reason}") from None
+
+
+def list_nodes(api: k8s.ApiClient, timeout: float = 10.0) -> tuple[NodeInfo, ...]:
+    # Raw JSON, not the typed models: they refuse a Node whose status lacks optional-in-practice
+    # fields (nodeInfo.bootID, ...), which would make one odd node hide them all.
+    response = _call(api, "listing nodes",
+                     lambda **kw: k8s.CoreV1Api(api).list_node(_preload_content=False, **kw), timeout)
+    try:
+        items = json.loads(response.data)["items"]
+    except (ValueError, KeyError, TypeError):
+        raise KubeError(f"the API at {api.configuration.host} answered the node list with "
+                        f"something else than a NodeList") from None
+    found = []
+    for node in items:
+        labels = node["metadata"].get("labels") or {}
+        addresses = (node.get("status") or {}).get("addresses") or []
+        internal = next((a["address"] for a in addresses if a.get("type") == "InternalIP"), None)
+        found.append(NodeInfo(name=node["metadata"]["name"],
+                              internal_ip=IPv4Address(internal) if internal else None,
+                              control_plane=any(label in labels for label in CONTROL_PLANE_LABELS)))
+    return tuple(found)
+
+
+def server_version(api: k8s.ApiClient, timeout: float = 10.0) -> str:
+    """The apiserver's Kubernetes version, vX.Y.Z (a build suffix like +k3s1 dropped)."""
+    info = _call(api, "its version", k8s.VersionApi(api).get_code, timeout)
+    match = _VERSION.match(info.git_version or "")
+    if match is None:
+        raise KubeError(f"the API at {api.configuration.host} reports the version "
+                        f"{info.git_version!r}, not vX.Y.Z")
+    return match.group(0)
