@@ -385,9 +385,8 @@ class ClusterAccess:
         if not endpoints:
             raise InputError(f"cluster {self.cluster.name} has no etcd members in the inventory")
         ca, cert, key = self.etcd_tls_files()
-        client = EtcdClient(endpoints, ca, cert, key)
-        # EtcdClient builds its own httpx client; route it through the tunnels where needed.
-        client._http._transport = self._routed(client._http._transport, endpoints)
+        client = EtcdClient(endpoints, ca, cert, key,
+                            wrap_transport=lambda transport: self._routed(transport, endpoints))
         return self._handed_out(client, client.close)
 
     def kube(self) -> ApiClient:

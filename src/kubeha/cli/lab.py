@@ -40,7 +40,7 @@ def up(
     lb: Annotated[bool, typer.Option("--lb/--no-lb", help="Build the VIP and load balancers "
                                      "(--no-lb: clients use the first master, for trying 'kubeha lb apply').")] = True,
     subnet: Annotated[str | None, typer.Option(
-        help="Private subnet of the lab bridge [default: 10.212.<KUBEHA_LAB_ID or 0>.0/24].")] = None,
+        help="Private subnet of the lab bridge (default: 10.212.<KUBEHA_LAB_ID or 0>.0/24).")] = None,
 ) -> None:
     """Build the lab; a stale lab from a crashed run is removed first.
 

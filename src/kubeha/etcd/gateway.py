@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,13 +137,17 @@ class EtcdClient:
         *,
         timeout: float = 5.0,
         connect_timeout: float = 1.0,
+        wrap_transport: Callable[[httpx.BaseTransport], httpx.BaseTransport] | None = None,
     ) -> None:
+        """``wrap_transport`` wraps the mTLS transport, e.g. to route requests through SSH tunnels."""
         if not endpoints:
             raise EtcdError("no etcd endpoints given")
         self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self._preferred = 0  # index of the endpoint that answered last
+        transport: httpx.BaseTransport = httpx.HTTPTransport(
+            verify=_tls_context(str(ca_file), str(cert_file), str(key_file)))
         self._http = httpx.Client(
-            verify=_tls_context(str(ca_file), str(cert_file), str(key_file)),
+            transport=wrap_transport(transport) if wrap_transport else transport,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
         )
 

@@ -170,6 +170,8 @@ class NodeStatus:
         self.client, self.settings, self.log = client, settings, log
         self.name = settings.node_name
         self._last_report = 0.0
+        # stable per node name: lab hosts share the machine's /etc/machine-id
+        self._machine_id = hashlib.sha256(self.name.encode()).hexdigest()[:32]
 
     def _status(self, current: Object | None) -> Object:
         ready = condition(current or {}, "Ready")
@@ -186,9 +188,13 @@ class NodeStatus:
             "addresses": addresses,
             "capacity": capacity,
             "allocatable": capacity,
+            # every field the typed clients require (the official Python client refuses a
+            # NodeSystemInfo without them)
             "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": KUBELET_VERSION,
                          "operatingSystem": "linux", "architecture": self.settings.labels["kubernetes.io/arch"],
-                         "containerRuntimeVersion": "kubeha-lab://1"},
+                         "containerRuntimeVersion": "kubeha-lab://1", "osImage": "Debian GNU/Linux (kubeha lab)",
+                         "kernelVersion": os.uname().release, "machineID": self._machine_id,
+                         "systemUUID": self._machine_id, "bootID": self._machine_id},
         }
 
     def _post_status(self, current: Object | None) -> None:
