@@ -40,6 +40,12 @@ class KeyValue:
 
 
 @dataclass(frozen=True)
+class EtcdAlarm:
+    member_id: int
+    alarm: str  # NOSPACE, CORRUPT
+
+
+@dataclass(frozen=True)
 class EtcdMember:
     id: int
     name: str  # empty while a member is added but not started
@@ -289,6 +295,12 @@ class EtcdClient:
             version=answer.get("version", ""),
             is_learner=bool(answer.get("isLearner", answer.get("is_learner", False))),
         )
+
+    def alarms(self) -> tuple[EtcdAlarm, ...]:
+        """The cluster's active alarms (NOSPACE, CORRUPT); none when healthy."""
+        answer = self._post("/v3/maintenance/alarm", {"action": "GET"})
+        return tuple(EtcdAlarm(member_id=_int(a, "memberID", "member_id"), alarm=str(a.get("alarm", "NONE")))
+                     for a in answer.get("alarms", []) if a.get("alarm", "NONE") != "NONE")
 
     def member_list(self) -> list[EtcdMember]:
         answer = self._post("/v3/cluster/member/list", {})

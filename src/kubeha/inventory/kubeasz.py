@@ -75,4 +75,4 @@ def _vip(draft: DocumentDraft) -> None:
     draft.notes.append(
         f"{place}: the hosts file does not say the keepalived virtual_router_id"
         + ("" if "LB_IF" in variables else " or interface")
-        + f": kubeha assumes the defaults; check /etc/keepalived/keepalived.conf on the LB hosts")
+        + ": kubeha assumes the defaults; check /etc/keepalived/keepalived.conf on the LB hosts")

@@ -47,7 +47,6 @@ class LabPaths:
     ns_dir = property(lambda self: self.root / "ns")
     bin_dir = property(lambda self: self.root / "bin")
     state_file = property(lambda self: self.root / "lab.json")
-    created_mount_targets = property(lambda self: self.root / "created-mount-targets.json")
     ssh_key = property(lambda self: self.root / "ssh" / "id_ed25519")
     known_hosts = property(lambda self: self.root / "ssh" / "known_hosts")
     admin_kubeconfig = property(lambda self: self.root / "admin.conf")
@@ -156,7 +155,7 @@ class Lab:
         self._write_ssh_keys(topology)
         auth = ClusterAuthorities.create(cluster.layout)
         self._write_operator_files(cluster, auth)
-        _write(self.paths.created_mount_targets, json.dumps(ns.create_mount_targets()))
+        ns.create_mount_targets()
         ns.prepare_ns_dir(self.paths.ns_dir)
         network = ns.LabNetwork(topology.subnet)
         ns.create_bridge(self.names, network)
@@ -378,12 +377,9 @@ class Lab:
 
     def down(self) -> None:
         ns.remove_network_and_namespaces(self.names, self.paths.root)
-        try:
-            ns.remove_mount_targets(json.loads(self.paths.created_mount_targets.read_text()))
-        except (OSError, ValueError):
-            pass  # a lab that crashed before creating them
         if self.paths.root.exists():
             shutil.rmtree(self.paths.root)
+        ns.remove_mount_targets_if_last_lab()
         left = self.leftovers()
         if left:
             raise LabError(f"lab down left {', '.join(left)} behind: remove them by hand")

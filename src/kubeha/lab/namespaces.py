@@ -7,6 +7,7 @@ crash without any state, and labs with different ids can run side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -179,24 +180,41 @@ class HostNamespaces:
              "--", "/bin/sh", "-c", script])
 
 
-def create_mount_targets() -> list[str]:
-    """Create the missing mount points of the host-private dirs on this machine (left empty);
-    return those created so that removing the lab removes them again."""
+# Mount points the labs created on this machine, shared by every lab: a directory that is a
+# mount point in a running lab's namespaces must not be removed (the kernel would detach
+# that lab's mount), so they go only when the last lab does.
+MOUNT_TARGETS_FILE = Path("/var/lib/kubeha-lab-mount-targets.json")
+
+
+def create_mount_targets() -> None:
+    """Create the missing mount points of the host-private dirs on this machine (left empty)."""
     created = []
     for d in HOST_PRIVATE_DIRS:
         missing = [p for p in [Path(d), *Path(d).parents] if not p.exists()]
         for path in reversed(missing):
             path.mkdir()
             created.append(str(path))
-    return created
+    if created:
+        MOUNT_TARGETS_FILE.write_text(json.dumps(_created_mount_targets() + created))
 
 
-def remove_mount_targets(created: list[str]) -> None:
-    for d in reversed(created):
+def _created_mount_targets() -> list[str]:
+    try:
+        return json.loads(MOUNT_TARGETS_FILE.read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def remove_mount_targets_if_last_lab() -> None:
+    """Remove the mount points the labs created, once no lab is left on this machine."""
+    if any(Path("/var/lib").glob("kubeha-lab")) or any(Path("/var/lib").glob("kubeha-lab-*[0-9]")):
+        return
+    for d in reversed(_created_mount_targets()):
         try:
             Path(d).rmdir()
         except OSError:
             pass  # not empty or already gone: somebody else uses it now
+    MOUNT_TARGETS_FILE.unlink(missing_ok=True)
 
 
 def prepare_ns_dir(ns_dir: Path) -> None:

@@ -1602,7 +1602,7 @@ def systemctl(argv: list[str]) -> int:
     if verb == "daemon-reload":
         return daemon_reload()
     if not names:
-        raise UnitError(f"Too few arguments.")
+        raise UnitError("Too few arguments.")
     for name in names:
         if not name.endswith(".service"):
             raise UnitError(f"Unit {name} not found.", EXIT_NOT_FOUND)
