@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import lab
+from kubeha.cli import check, inventory, lab, lb
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -18,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(lab.app, name="lab")
+app.add_typer(inventory.app, name="inventory")
+app.add_typer(lb.app, name="lb")
+app.command("check")(check.check)
 
 err = Console(stderr=True)
 

@@ -19,11 +19,11 @@ import httpx
 
 from kubeha.errors import LabError
 from kubeha.inventory import Inventory, SshDefaults, dump_inventory
+from kubeha.lb import node_proxy_hosts
 from kubeha.lab import namespaces as ns
 from kubeha.lab.objects import cluster_objects
 from kubeha.lab.topology import (
-    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, node_proxy_hosts,
-    static_pods,
+    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, static_pods,
 )
 from kubeha.model import Cluster, Host
 from kubeha.pki.cluster import ADMIN, ClusterAuthorities, client_cert

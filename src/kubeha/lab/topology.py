@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import PurePosixPath
+
 from kubeha.errors import InputError
+from kubeha.lb import keepalived_priority, node_proxy_hosts
 from kubeha.model import Cluster, Host, Layout, Role, VirtualIP
 from kubeha.pki.cluster import (
     ADMIN, CONTROLLER_MANAGER, KUBE_PROXY, SCHEDULER, ClusterAuthorities, PkiFiles,
@@ -86,20 +88,6 @@ def lab_topology(spec: LabSpec) -> LabTopology:
                        subnet=spec.subnet)
 
 
-def keepalived_priority(cluster: Cluster, host: Host) -> int:
-    """The first LB host has the highest priority; the lab starts it first."""
-    return 150 - 10 * cluster.lb_hosts.index(host)
-
-
-def node_proxy_hosts(cluster: Cluster) -> tuple[Host, ...]:
-    """Hosts running the node-local nginx: every worker, and the masters in the kubeasz layout."""
-    if not cluster.node_local_proxy:
-        return ()
-    if cluster.layout is Layout.KUBEASZ:
-        return tuple(h for h in cluster.hosts if h.has(Role.WORKER) or h.has(Role.MASTER))
-    return cluster.workers
-
-
 def _local_apiserver(cluster: Cluster, host: Host) -> str:
     return f"https://{host.address}:{cluster.apiserver_port}"
 
@@ -142,11 +130,13 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
         files[paths.scheduler_kubeconfig] = kubeconfig_file(cluster, auth, SCHEDULER, local)
         for rendered in render_control_plane(cluster, host):
             files[rendered.path] = (rendered.content.encode(), rendered.mode)
+    if host in cluster.lb_hosts:
+        # also without a VIP yet: `kubeha lb apply` may install keepalived later
+        files[KEEPALIVED_DROPIN] = (KEEPALIVED_DROPIN_TEXT.encode(), 0o644)
     if host in cluster.lb_hosts and cluster.vip is not None:
         files[paths.haproxy_cfg] = (render_haproxy_cfg(cluster).encode(), 0o644)
         conf = render_keepalived_conf(cluster, host, keepalived_priority(cluster, host))
         files[paths.keepalived_conf] = (conf.encode(), 0o644)
-        files[KEEPALIVED_DROPIN] = (KEEPALIVED_DROPIN_TEXT.encode(), 0o644)
     if host in node_proxy_hosts(cluster):
         files[paths.node_proxy_conf] = (render_node_proxy_conf(cluster).encode(), 0o644)
     if host.has(Role.WORKER) or is_master:

@@ -1,0 +1,257 @@
+"""`kubeha lb apply`, the part that touches hosts: read what is there, test the new configs
+with their own binaries, then write them and start or reload the services.
+
+Every changed config is tested on its host before any host is changed, so a config its
+binary rejects changes nothing anywhere. Files are written atomically into one backup set
+per run; when a step fails, the files this run changed on that host are restored, the
+services it had already started there are stopped and those it reloaded are reloaded
+again, and the run stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import NoReturn, TypeVar
+
+from kubeha.access import ClusterAccess
+from kubeha.errors import HostError
+from kubeha.hosts import BackupSet, CommandFailed, HostConnection, HostOutcome
+from kubeha.lb.plan import (
+    KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
+    holds_vip, install_hint, lb_configs,
+)
+from kubeha.model import Cluster, VirtualIP
+
+T = TypeVar("T")
+Report = Callable[[str], None]
+
+VIP_TIMEOUT = 30.0  # keepalived takes the VIP within 3 adverts (0.6 s) once its check passes
+_VIP_POLL = 0.2
+_RUNNING = ("active", "reloading")
+
+# Prints each of its arguments (a command, or an absolute path of a file) that this host lacks.
+_MISSING_SCRIPT = """for r in "$@"; do
+  case $r in /*) [ -e "$r" ] ;; *) command -v "$r" >/dev/null 2>&1 ;; esac || echo "$r"
+done"""
+# Tests stdin as a config with the command in "$@" (the file is appended): prints the
+# temporary file's name, then the test's output; exits with the test's status.
+_CHECK_SCRIPT = """tmp=$(mktemp "${TMPDIR:-/tmp}/kubeha-check.XXXXXXXX") || exit 1
+trap 'rm -f -- "$tmp"' EXIT
+cat > "$tmp"
+echo "$tmp"
+"$@" "$tmp" 2>&1"""
+
+
+@dataclass(frozen=True)
+class LbHostsState:
+    files: dict[FileKey, bytes | None]  # every managed config as it is on its host
+    running: frozenset[tuple[str, str]]  # (host, unit) of the services that are running
+
+
+@dataclass(frozen=True)
+class StepDone:
+    step: ServiceStep
+    seconds: float  # how long the service action took (0 for none)
+
+
+@dataclass(frozen=True)
+class LbApplyResult:
+    operation_id: str | None  # the backup set's; None when nothing needed doing
+    done: tuple[StepDone, ...] = ()
+    vip_holders: tuple[str, ...] = ()
+
+
+def new_operation_id(now: datetime | None = None) -> str:
+    return f"lb-apply-{(now or datetime.now(timezone.utc)):%Y%m%dT%H%M%SZ}"
+
+
+def _values(outcomes: Mapping[str, HostOutcome[T]]) -> dict[str, T]:
+    """Each host's value; one HostError naming every host that failed."""
+    errors = [str(o.error) for o in outcomes.values() if o.error is not None]
+    if errors:
+        raise HostError("; ".join(errors))
+    return {host: o.value for host, o in outcomes.items()}  # type: ignore[misc]
+
+
+def _by_host(configs: Iterable[ManagedConfig]) -> dict[str, list[ManagedConfig]]:
+    grouped: dict[str, list[ManagedConfig]] = {}
+    for config in configs:
+        grouped.setdefault(config.host.name, []).append(config)
+    return grouped
+
+
+def read_lb_state(access: ClusterAccess, cluster: Cluster) -> LbHostsState:
+    """The managed configs and service states on every LB and node-proxy host.
+
+    Raises one line naming the packages to install where a service's binary is missing.
+    """
+    configs = _by_host(lb_configs(cluster))
+
+    async def read(conn: HostConnection) -> tuple[list[str], dict[FileKey, bytes | None], set[tuple[str, str]]]:
+        mine = configs[conn.name]
+        requirements = dict.fromkeys(r for c in mine for r in c.service.requires)
+        missing = (await conn.run(["sh", "-c", _MISSING_SCRIPT, "sh", *(what for what, _ in requirements)])
+                   ).stdout.split()
+        units = [c.service.unit for c in mine]
+        states, *contents = await asyncio.gather(
+            conn.run(["systemctl", "is-active", *units], check=False), *(conn.get_file(c.path) for c in mine))
+        return ([package for what, package in requirements if what in missing],
+                {(conn.name, c.path): content for c, content in zip(mine, contents)},
+                {(conn.name, unit) for unit, state in zip(units, states.stdout.split()) if state in _RUNNING})
+
+    read_back = _values(access.run_all(read, hosts=list(configs)))
+    missing = {host: packages for host, (packages, _, _) in read_back.items() if packages}
+    if missing:
+        raise HostError(install_hint(missing))
+    return LbHostsState(files={k: v for _, files, _ in read_back.values() for k, v in files.items()},
+                        running=frozenset(r for _, _, running in read_back.values() for r in running))
+
+
+def check_configs(access: ClusterAccess, configs: Iterable[ManagedConfig]) -> None:
+    """Test each config with its binary on its host (a temporary copy; nothing else changes)."""
+    configs_by_host = _by_host(configs)
+
+    async def check(conn: HostConnection) -> list[str]:
+        rejections = []
+        for config in configs_by_host[conn.name]:
+            result = await conn.run(["sh", "-c", _CHECK_SCRIPT, "sh", *config.service.check],
+                                    input=config.content, check=False)
+            if result.exit_status != 0:
+                checked, _, output = result.stdout.partition("\n")
+                why = complaint(output + result.stderr).replace(checked, str(config.path))
+                rejections.append(f"{conn.name}: {config.service.binary} rejected the new {config.path}: {why}")
+        return rejections
+
+    rejected = [r for rs in _values(access.run_all(check, hosts=list(configs_by_host))).values() for r in rs]
+    if rejected:
+        raise HostError("; ".join(rejected) + "; nothing was changed on any host")
+
+
+async def _carry_out(conn: HostConnection, step: ServiceStep, backup: BackupSet) -> float:
+    """Write the step's config if it changed, then start or reload its service; the
+    action's seconds."""
+    if step.changed:
+        await conn.put_file(step.config.path, step.config.content, backup=backup)
+    started = time.monotonic()
+    if step.action is Action.START:
+        command = ["systemctl", "enable", "--now", step.unit]
+    elif step.action is Action.RELOAD:
+        # haproxy: master-worker reload (USR2), old workers finish their connections;
+        # nginx: new workers, old ones drain; keepalived: SIGHUP, the VIP stays
+        command = ["systemctl", "reload", step.unit]
+    else:
+        return 0.0
+    try:
+        await conn.run(command)
+    except CommandFailed as e:
+        # systemctl only says where to look: say what the service logged
+        log = await conn.run(["journalctl", "-u", step.unit, "-n", "10", "--no-pager"], check=False)
+        raise HostError(f"{conn.name}: `{' '.join(command)}` failed: {complaint(log.stdout)}") from e
+    return time.monotonic() - started
+
+
+def _done_line(step: ServiceStep, seconds: float) -> str:
+    """``master1: wrote /etc/haproxy/haproxy.cfg, reloaded haproxy in 0.12 s``"""
+    done = [f"wrote {step.config.path}"] if step.changed else []
+    if step.action is not Action.NONE:
+        done.append(f"{'started' if step.action is Action.START else 'reloaded'} {step.unit} in {seconds:.2f} s")
+    return f"{step.host}: {', '.join(done)}"
+
+
+@dataclass
+class _Run:
+    access: ClusterAccess
+    backup: BackupSet
+    report: Report
+    attempted: dict[str, list[ServiceStep]] = field(default_factory=dict)
+    done: list[StepDone] = field(default_factory=list)
+
+    def steps(self, steps: list[ServiceStep]) -> None:
+        """Carry out steps on different hosts in parallel."""
+        by_host = {s.host: s for s in steps}
+        for step in steps:
+            self.attempted.setdefault(step.host, []).append(step)
+        outcomes = self.access.run_all(lambda conn: _carry_out(conn, by_host[conn.name], self.backup),
+                                       hosts=list(by_host))
+        for host, outcome in outcomes.items():
+            if outcome.ok:
+                step = by_host[host]
+                self.done.append(StepDone(step, outcome.value or 0.0))
+                self.report(_done_line(step, outcome.value or 0.0))
+        failed = [(host, o.error) for host, o in outcomes.items() if o.error is not None]
+        if failed:
+            self.fail(failed)
+
+    def keepalived(self, steps: list[ServiceStep], vip: VirtualIP) -> None:
+        """When nobody holds the VIP, bring up the highest priority host starting and wait
+        for it to take the VIP before the others start (runbook 004: started together,
+        they fight over it)."""
+        first_start = next((s for s in steps if s.action is Action.START), None)
+        if first_start is not None and not self.vip_holders(vip):
+            upto = steps.index(first_start) + 1
+            self.steps(steps[:upto])
+            self.wait_for_vip(first_start.host, vip)
+            steps = steps[upto:]
+        if steps:
+            self.steps(steps)
+
+    def vip_holders(self, vip: VirtualIP) -> tuple[str, ...]:
+        async def holds(conn: HostConnection) -> bool:
+            shown = await conn.run(["ip", "-4", "-o", "addr", "show", "dev", vip.interface], check=False)
+            return holds_vip(shown.stdout, vip.address)
+
+        lbs = self.access.cluster.lb_hosts
+        return tuple(h for h, held in _values(self.access.run_all(holds, hosts=lbs)).items() if held)
+
+    def wait_for_vip(self, host: str, vip: VirtualIP) -> None:
+        started = time.monotonic()
+        while not holds_vip(self.access.run(host, ["ip", "-4", "-o", "addr", "show", "dev", vip.interface],
+                                            check=True).stdout, vip.address):
+            if time.monotonic() - started > VIP_TIMEOUT:
+                self.fail([(host, HostError(f"{host}: keepalived did not take the VIP {vip.address} on "
+                                     f"{vip.interface} within {VIP_TIMEOUT:g} s; see `journalctl -u "
+                                     f"keepalived` there"))])
+            time.sleep(_VIP_POLL)
+        self.report(f"{host}: holds the VIP {vip.address} after {time.monotonic() - started:.2f} s")
+
+    def fail(self, errors: list[tuple[str, HostError]]) -> NoReturn:
+        """Roll back the failing hosts and stop with one line."""
+        causes = [f"{error} ({self.roll_back(host)})" for host, error in errors]
+        raise HostError("; ".join(causes) + f"; backups in {self.backup.directory}")
+
+    def roll_back(self, host: str) -> str:
+        try:
+            restored = self.access.restore(host, self.backup)
+            for step in reversed(self.attempted[host]):
+                if step.action is Action.START:
+                    self.access.run(host, ["systemctl", "disable", "--now", step.unit], check=True)
+                elif step.action is Action.RELOAD:
+                    self.access.run(host, ["systemctl", "reload", step.unit], check=True)
+        except HostError as e:
+            return f"rolling back {host} failed too: {e}"
+        return f"restored {', '.join(e.path for e in restored) or 'no file'} on {host}"
+
+
+def apply_lb_plan(access: ClusterAccess, plan: LbPlan, *, operation_id: str | None = None,
+                  report: Report = lambda _: None) -> LbApplyResult:
+    """Carry out ``plan``: test every changed config, then per service (haproxy, keepalived,
+    nginx) write and start or reload it on its hosts."""
+    pending = plan.pending
+    if not pending:
+        return LbApplyResult(None)
+    check_configs(access, (s.config for s in pending if s.changed))
+    run = _Run(access, BackupSet(operation_id or new_operation_id()), report)
+    vip = plan.cluster.vip
+    assert vip is not None  # lb_configs refused to plan without one
+    for service in SERVICES:
+        steps = [s for s in pending if s.config.service is service]
+        if service is KEEPALIVED:
+            run.keepalived(steps, vip)
+        elif steps:
+            run.steps(steps)
+    holders = run.vip_holders(vip) if any(s.config.service is KEEPALIVED for s in pending) else ()
+    return LbApplyResult(run.backup.operation_id, tuple(run.done), holders)
