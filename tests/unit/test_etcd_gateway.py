@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from helpers.etcd import etcd_cluster, free_port
@@ -102,13 +101,11 @@ def test_failover_past_a_dead_endpoint(etcd):
 
 def test_one_line_error_when_nothing_answers(etcd):
     dead = [f"https://127.0.0.1:{free_port()}" for _ in range(2)]
-    started = time.monotonic()
     with client_for(etcd, dead) as c, pytest.raises(EtcdError) as caught:
         c.get("/t/anything")
     message = str(caught.value)
     assert "\n" not in message
     assert all(endpoint in message for endpoint in dead)
-    assert time.monotonic() - started < 3
     with client_for(etcd, dead) as c, pytest.raises(EtcdError, match=dead[0]):
         c.status(dead[0])
 
