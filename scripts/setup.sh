@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(etcd-server etcd-client haproxy keepalived nginx libnginx-mod-stream openssh-server
-          openssh-client iproute2 util-linux procps curl python3-venv ca-certificates)
+          openssh-client iproute2 util-linux procps curl sudo python3-venv ca-certificates)
 # Any kubectl will do; Debian's kubernetes-client conflicts with other kubectl packages.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 

@@ -36,8 +36,9 @@ STANDINS = {
     "kube-scheduler": "scheduler",
     "kubelet": "kubelet",
 }
+LAB_USERS = {"ops": 1500, "nosudo": 1501}  # uids above the machine's usual range
 REQUIRED_BINARIES = ("ip", "unshare", "nsenter", "/usr/sbin/sshd", "ssh-keygen", "etcd", "etcdctl",
-                     "haproxy", "keepalived", "nginx", "findmnt")
+                     "haproxy", "keepalived", "nginx", "findmnt", "sudo")
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,29 @@ class Lab:
             self.paths.on_host(name, d).mkdir(exist_ok=True)
         public_key = self.paths.ssh_key.with_suffix(".pub").read_text()
         _write(self.paths.on_host(name, "/root/.ssh/authorized_keys"), public_key, 0o600)
+        self._write_accounts(name, public_key)
         _write(self.paths.on_host(name, "/etc/ssh/sshd_config"), SSHD_CONFIG)
         _write(self.paths.on_host(name, "/etc/hosts"), hosts_text)
         for path, (content, mode) in files.items():
             _write(self.paths.on_host(name, path), content, mode)
+
+    def _write_accounts(self, host: str, public_key: str) -> None:
+        """The machine's accounts plus the lab's operators: `ops` may sudo without a
+        password, `nosudo` may log in but not sudo (to test kubeha as a non-root user)."""
+        files = {f: Path(f).read_text() for f in ("/etc/passwd", "/etc/group", "/etc/shadow")}
+        for user, uid in LAB_USERS.items():
+            files["/etc/passwd"] += f"{user}:x:{uid}:{uid}:kubeha lab:/home/{user}:/bin/sh\n"
+            files["/etc/group"] += f"{user}:x:{uid}:\n"
+            files["/etc/shadow"] += f"{user}:*:20000:0:99999:7:::\n"
+            ssh_dir = self.paths.on_host(host, f"/home/{user}/.ssh")
+            ssh_dir.mkdir(parents=True, mode=0o700)
+            _write(ssh_dir / "authorized_keys", public_key, 0o600)
+            for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
+                os.chown(path, uid, uid)
+        for path, text in files.items():
+            _write(self.paths.on_host(host, path), text, 0o640 if path == "/etc/shadow" else 0o644)
+        _write(self.paths.on_host(host, "/etc/sudoers.d/kubeha-lab"),
+               "# kubeha lab: the operator account\nops ALL=(ALL) NOPASSWD: ALL\n", 0o440)
 
     def _binds(self, host: Host) -> list[tuple[Path, str]]:
         binds = [(self.paths.on_host(host.name, d), d) for d in ns.HOST_PRIVATE_DIRS
@@ -417,7 +437,7 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile /root/.ssh/authorized_keys
+AuthorizedKeysFile .ssh/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no

@@ -77,9 +77,11 @@ HOST_PRIVATE_DIRS = (
     "/root/.ssh",  # not all of /root: the machine's Python may live there (pyenv)
     "/root/.kube",
     "/etc/ssh",
+    "/etc/sudoers.d",
+    "/home",
     "/usr/local/bin",
 )
-HOST_PRIVATE_FILES = ("/etc/hosts",)
+HOST_PRIVATE_FILES = ("/etc/hosts", "/etc/passwd", "/etc/group", "/etc/shadow")
 # Commands replaced on every host by the lab's stand-ins (bind-mounted over the real file).
 STANDIN_COMMANDS = ("systemctl", "journalctl")
 
