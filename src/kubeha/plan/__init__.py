@@ -1,0 +1,24 @@
+"""Plans and the engine that carries them out: the operation-independent core.
+
+``model`` (Plan, Step, Change), ``kinds`` (StepKind, safety checks, Registry), ``journal``
+(the local SQLite record), ``engine`` (apply, resume, rollback), ``render`` (text,
+Markdown, JSON). Operations build plans and register step kinds; the CLI calls the engine.
+"""
+
+from kubeha.plan.engine import Progress, ProgressCallback, RunResult, apply, resume, rollback, steps_to_undo
+from kubeha.plan.errors import (
+    EngineRefused, JournalError, OperationInterrupted, OperationLocked, PlanError, RollbackStopped, StepFailed,
+    StepNotVerified,
+)
+from kubeha.plan.journal import Journal, RunAction, RunOutcome, RunRecord, StepOutcome, StepRecord, default_journal_path
+from kubeha.plan.kinds import Registry, SafetyCheck, StepContext, StepKind, ViewFactory
+from kubeha.plan.model import Change, ChangeKind, Plan, Step, inventory_digest, new_operation_id
+from kubeha.plan.render import plan_json, plan_markdown, plan_text
+
+__all__ = [
+    "Change", "ChangeKind", "EngineRefused", "Journal", "JournalError", "OperationInterrupted", "OperationLocked",
+    "Plan", "PlanError", "Progress", "ProgressCallback", "Registry", "RollbackStopped", "RunAction", "RunOutcome",
+    "RunRecord", "RunResult", "SafetyCheck", "Step", "StepContext", "StepFailed", "StepKind", "StepNotVerified",
+    "StepOutcome", "StepRecord", "ViewFactory", "apply", "default_journal_path", "inventory_digest",
+    "new_operation_id", "plan_json", "plan_markdown", "plan_text", "resume", "rollback", "steps_to_undo",
+]

@@ -1,0 +1,63 @@
+"""The journal file: private, transactional rows, one-line redacted messages."""
+
+from __future__ import annotations
+
+import stat
+from datetime import datetime, timezone
+
+import pytest
+
+from kubeha.plan import Change, ChangeKind, Journal, JournalError, Plan, RunAction, RunOutcome, Step, StepOutcome
+from kubeha.plan.journal import default_journal_path
+
+PLAN = Plan(operation="toy", operation_id="toy-1", created=datetime(2024, 5, 1, tzinfo=timezone.utc),
+            inventory_digest="sha256:toy",
+            steps=(Step(id="one", kind="set-key", title="set a",
+                        changes=(Change(kind=ChangeKind.FILE, target="/etc/a", after="sha256:1"),)),))
+
+
+def test_the_journal_is_private(tmp_path):
+    path = tmp_path / "state" / "kubeha" / "journal.sqlite"
+    Journal(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_the_default_path_follows_xdg_state_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_journal_path() == tmp_path / "kubeha" / "journal.sqlite"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert str(default_journal_path()).endswith(".local/state/kubeha/journal.sqlite")
+
+
+def test_rows_say_when_how_and_why(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_plan(PLAN)
+        run_id = journal.start_run("toy-1", RunAction.APPLY)
+        record_id = journal.start_step(run_id, "toy-1", "one")
+        (unfinished,) = journal.steps("toy-1")
+        assert (unfinished.outcome, unfinished.finished) == (None, None)
+        journal.finish_step(record_id, StepOutcome.ROLLED_BACK, retries=2,
+                            message="etcd said\n  no: token: abcdefghijklmnop", backups=["m1:/var/lib/kubeha/backups/toy-1"])
+        journal.finish_run(run_id, RunOutcome.FAILED, "step one failed")
+
+    with Journal(tmp_path / "j.sqlite") as reopened:
+        (record,) = reopened.steps("toy-1")
+        assert (record.attempt, record.outcome, record.retries) == (1, StepOutcome.ROLLED_BACK, 2)
+        assert record.message == "etcd said no: [redacted]"
+        assert record.backups == ("m1:/var/lib/kubeha/backups/toy-1",)
+        assert record.started <= record.finished
+        (run,) = reopened.runs("toy-1")
+        assert (run.action, run.outcome, run.message) == (RunAction.APPLY, RunOutcome.FAILED, "step one failed")
+        assert reopened.plan("toy-1") == PLAN
+
+
+def test_an_unknown_operation_is_said(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as journal, pytest.raises(JournalError, match="knows no operation nope"):
+        journal.plan("nope")
+
+
+def test_a_journal_that_cannot_be_made_is_one_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(JournalError, match="cannot open the journal"):
+        Journal(tmp_path / "file" / "journal.sqlite")
