@@ -12,5 +12,7 @@ echo; echo "\$ etcdctl endpoint status   (on master1, over SSH, TLS with a clien
 kubeha lab ssh master1 -- ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 \
   --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
   --key=/etc/kubernetes/pki/etcd/healthcheck-client.key endpoint status --cluster -w table
+echo; echo "\$ kubeha check   (the whole HA control plane, over SSH only)"
+kubeha check -i /var/lib/kubeha-lab/cluster.yaml
 echo; echo "\$ kubeha lab status"
 kubeha lab status
