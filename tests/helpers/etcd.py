@@ -13,7 +13,13 @@ Usage::
         etcd.stop(0)        # SIGKILL member 0 (data kept) ...
         etcd.start(0)       # ... and start it again with the same data and ports
 
-Every member is killed when the ``with`` block ends, whatever happens inside it.
+        # one more member joining the running cluster (same certs):
+        extra = etcd.new_member()                     # name and ports, not started
+        new, members = client.member_add([etcd.members[extra].peer_url], learner=True)
+        etcd.join(extra, initial_cluster(members, new.id, etcd.members[extra].name))
+
+Every member (joined ones too) is killed when the ``with`` block ends, whatever happens
+inside it.
 Members run ``/usr/bin/etcd`` with data, certs and logs (``<name>.log``) under the given
 directory.
 """
@@ -81,6 +87,8 @@ class EtcdMember:
     client_port: int
     peer_port: int
     process: subprocess.Popen | None = None
+    # set for a member joining a running cluster: its --initial-cluster ("name=peerURL,...")
+    joining_cluster: str | None = None
 
     @property
     def client_url(self) -> str:
@@ -107,7 +115,10 @@ class EtcdCluster:
         return tuple(m.client_url for m in self.members)
 
     def _command(self, member: EtcdMember) -> list[str]:
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        if member.joining_cluster is None:
+            initial, state = ",".join(f"{m.name}={m.peer_url}" for m in self.members), "new"
+        else:
+            initial, state = member.joining_cluster, "existing"
         tls = [f"--cert-file={self._server_cert}", f"--key-file={self._server_key}",
                f"--trusted-ca-file={self.ca_file}", "--client-cert-auth"]
         peer_tls = [f"--peer-cert-file={self._server_cert}", f"--peer-key-file={self._server_key}",
@@ -119,7 +130,7 @@ class EtcdCluster:
             f"--advertise-client-urls={member.client_url}",
             f"--listen-peer-urls={member.peer_url}",
             f"--initial-advertise-peer-urls={member.peer_url}",
-            f"--initial-cluster={initial}", "--initial-cluster-state=new",
+            f"--initial-cluster={initial}", f"--initial-cluster-state={state}",
             "--initial-cluster-token=kubeha-test",
             # fast elections keep tests that stop members short
             "--heartbeat-interval=50", "--election-timeout=500",
@@ -138,6 +149,19 @@ class EtcdCluster:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+
+    def new_member(self) -> int:
+        """Reserve a name and free ports for one more member (not started, not yet known
+        to etcd); return its index. Add it with member_add, then :meth:`join` it."""
+        self.members.append(EtcdMember(f"etcd{len(self.members)}", free_port(), free_port()))
+        return len(self.members) - 1
+
+    def join(self, index: int, initial_cluster: str) -> None:
+        """Start member ``index`` (from :meth:`new_member`, already added to etcd) with
+        ``--initial-cluster-state=existing`` and ``initial_cluster``, as the list
+        member_add returned gives it; it is not waited for (a learner serves no /health)."""
+        self.members[index].joining_cluster = initial_cluster
+        self.start(index)
 
     def wait_ready(self, index: int, timeout: float = 15.0) -> None:
         """Wait until member ``index`` reports itself healthy (it has a leader)."""
@@ -169,5 +193,5 @@ def etcd_cluster(directory: Path, members: int = 1) -> Iterator[EtcdCluster]:
             cluster.wait_ready(i)
         yield cluster
     finally:
-        for i in range(members):
+        for i in range(len(cluster.members)):  # joined members too
             cluster.stop(i)

@@ -4,26 +4,31 @@ The gateway (``POST /v3/kv/range`` and friends) takes and returns JSON: keys and
 base64, 64-bit integers as strings, zero values left out. Requests go to the first
 endpoint that answers: a connection error, a timeout or an "unavailable" answer moves on
 to the next endpoint, and the one that answered is tried first next time. Reads are
-linearizable (the gateway's default).
+linearizable (the gateway's default). Requests about one member (status, leadership
+transfer) go to that member's endpoint only.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
-from kubeha.errors import KubehaError
+from kubeha.etcd.errors import EtcdError
+from kubeha.etcd.snapshot import SnapshotStatus, verify_snapshot
+
+__all__ = ["EtcdError", "SnapshotStatus", "verify_snapshot"]  # re-exported: callers import them from here
 
 _GRPC_UNAVAILABLE = 14
-
-
-class EtcdError(KubehaError):
-    """etcd could not be reached or refused a request."""
+_T = TypeVar("_T")
 
 
 class _EndpointUnavailable(Exception):
@@ -70,6 +75,39 @@ class EtcdStatus:
         return self.leader != 0 and self.leader == self.member_id
 
 
+@dataclass(frozen=True)
+class ClusterHealth:
+    members: tuple[EtcdMember, ...]
+    leader_id: int  # the leader most answering members agree on; 0 when none knows one
+    unhealthy: tuple[str, ...]  # "<member name>: <reason>", one per unhealthy member
+
+    @property
+    def healthy(self) -> bool:
+        return self.leader_id != 0 and not self.unhealthy
+
+
+def member_label(member: EtcdMember) -> str:
+    """The member's name, or its id in hex (as etcdctl shows it) while it has none."""
+    return member.name or f"{member.id:x}"
+
+
+def initial_cluster(members: Sequence[EtcdMember], new_member_id: int, new_name: str) -> str:
+    """The ``--initial-cluster`` value to start the member just added (etcdctl's rule).
+
+    ``members`` is the list :meth:`EtcdClient.member_add` returned; the new member has no
+    name yet, so it gets ``new_name``. Another unnamed member (added, never started) would
+    make the value invalid, so it is refused.
+    """
+    pairs = []
+    for member in members:
+        name = new_name if member.id == new_member_id else member.name
+        if not name:
+            raise EtcdError(f"etcd member {member.id:x} ({', '.join(member.peer_urls)}) was added "
+                            "but never started; start or remove it before adding another")
+        pairs += [f"{name}={url}" for url in member.peer_urls]
+    return ",".join(pairs)
+
+
 def _b64(data: str | bytes) -> str:
     raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     return base64.b64encode(raw).decode("ascii")
@@ -102,6 +140,38 @@ def _key_value(obj: dict[str, Any]) -> KeyValue:
 
 def _key_values(range_response: dict[str, Any]) -> list[KeyValue]:
     return [_key_value(kv) for kv in range_response.get("kvs", [])]
+
+
+def _member(obj: dict[str, Any]) -> EtcdMember:
+    return EtcdMember(
+        id=_int(obj, "ID", "id"),
+        name=obj.get("name", ""),
+        peer_urls=tuple(obj.get("peerURLs", obj.get("peer_urls", ()))),
+        client_urls=tuple(obj.get("clientURLs", obj.get("client_urls", ()))),
+        is_learner=bool(obj.get("isLearner", obj.get("is_learner", False))),
+    )
+
+
+def _members(response: dict[str, Any]) -> list[EtcdMember]:
+    return [_member(m) for m in response.get("members", [])]
+
+
+def _json_objects(chunks: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a stream of text chunks, newline-separated or back to back."""
+    decoder = json.JSONDecoder()
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            buffer = buffer.lstrip()
+            try:
+                obj, end = decoder.raw_decode(buffer)
+            except ValueError:
+                break  # incomplete: wait for the next chunk
+            yield obj
+            buffer = buffer[end:]
+    if buffer.strip():
+        raise ValueError(f"truncated JSON at the end of the stream: {buffer[:200]!r}")
 
 
 def _revision(response: dict[str, Any]) -> int:
@@ -168,38 +238,60 @@ class EtcdClient:
 
     # --- transport -------------------------------------------------------------------
 
-    def _post_to(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _check_answer(endpoint: str, path: str, status_code: int, text: str) -> dict[str, Any]:
+        """The JSON of a complete answer; raise on a refusal."""
         try:
-            response = self._http.post(endpoint + path, json=body)
-        except httpx.TransportError as e:
-            raise _EndpointUnavailable(f"{endpoint}: {str(e) or type(e).__name__}") from e
-        try:
-            answer = response.json()
+            answer = json.loads(text)
         except ValueError as e:
             raise EtcdError(
-                f"etcd at {endpoint} answered {path} with HTTP {response.status_code} "
-                f"and no JSON: {response.text[:200]!r}"
+                f"etcd at {endpoint} answered {path} with HTTP {status_code} "
+                f"and no JSON: {text[:200]!r}"
             ) from e
-        if response.status_code == 200:
+        if status_code == 200:
             return answer
-        message = answer.get("message") or answer.get("error") or response.text[:200]
-        if answer.get("code") == _GRPC_UNAVAILABLE or response.status_code == 503:
+        error = answer.get("error")
+        message = answer.get("message") or (error.get("message") if isinstance(error, dict) else error)
+        message = " ".join(str(message or text[:200]).split())  # one line
+        if answer.get("code") == _GRPC_UNAVAILABLE or status_code == 503:
             raise _EndpointUnavailable(f"{endpoint}: {message}")
         raise EtcdError(f"etcd at {endpoint} refused {path}: {message}")
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post_to(self, endpoint: str, path: str, body: dict[str, Any],
+                 timeout: float | None = None) -> dict[str, Any]:
+        try:
+            response = self._http.post(
+                endpoint + path, json=body,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+        except httpx.TransportError as e:
+            raise _EndpointUnavailable(f"{endpoint}: {str(e) or type(e).__name__}") from e
+        return self._check_answer(endpoint, path, response.status_code, response.text)
+
+    def _post_at(self, endpoint: str, path: str, body: dict[str, Any],
+                 timeout: float | None = None) -> dict[str, Any]:
+        """A request only ``endpoint`` can answer (no failover)."""
+        try:
+            return self._post_to(endpoint.rstrip("/"), path, body, timeout)
+        except _EndpointUnavailable as e:
+            raise EtcdError(f"etcd {path} unanswered: {e}") from e
+
+    def _first_answer(self, path: str, ask: Callable[[str], _T]) -> _T:
+        """``ask(endpoint)`` of the first endpoint that answers, the last one first."""
         failures = []
         count = len(self.endpoints)
         for step in range(count):
             index = (self._preferred + step) % count
             try:
-                answer = self._post_to(self.endpoints[index], path, body)
+                answer = ask(self.endpoints[index])
             except _EndpointUnavailable as e:
                 failures.append(str(e))
                 continue
             self._preferred = index
             return answer
         raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}")
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._first_answer(path, lambda endpoint: self._post_to(endpoint, path, body))
 
     # --- key-value -------------------------------------------------------------------
 
@@ -278,13 +370,10 @@ class EtcdClient:
 
     # --- cluster ---------------------------------------------------------------------
 
-    def status(self, endpoint: str) -> EtcdStatus:
+    def status(self, endpoint: str, timeout: float | None = None) -> EtcdStatus:
         """The status of the member serving ``endpoint`` (asked there, no failover)."""
         endpoint = endpoint.rstrip("/")
-        try:
-            answer = self._post_to(endpoint, "/v3/maintenance/status", {})
-        except _EndpointUnavailable as e:
-            raise EtcdError(f"etcd status: {e}") from e
+        answer = self._post_at(endpoint, "/v3/maintenance/status", {}, timeout)
         return EtcdStatus(
             endpoint=endpoint,
             member_id=_int(answer.get("header", {}), "member_id"),
@@ -303,14 +392,147 @@ class EtcdClient:
                      for a in answer.get("alarms", []) if a.get("alarm", "NONE") != "NONE")
 
     def member_list(self) -> list[EtcdMember]:
-        answer = self._post("/v3/cluster/member/list", {})
-        return [
-            EtcdMember(
-                id=_int(m, "ID", "id"),
-                name=m.get("name", ""),
-                peer_urls=tuple(m.get("peerURLs", m.get("peer_urls", ()))),
-                client_urls=tuple(m.get("clientURLs", m.get("client_urls", ()))),
-                is_learner=bool(m.get("isLearner", m.get("is_learner", False))),
-            )
-            for m in answer.get("members", [])
-        ]
+        return _members(self._post("/v3/cluster/member/list", {}))
+
+    def _member(self, member_id: int) -> EtcdMember:
+        for member in self.member_list():
+            if member.id == member_id:
+                return member
+        raise EtcdError(f"etcd at {self.endpoints[self._preferred]} has no member {member_id:x}")
+
+    # --- membership (ids go out as strings: they exceed JSON's safe integers) --------
+
+    def member_add(self, peer_urls: Sequence[str], *, learner: bool
+                   ) -> tuple[EtcdMember, list[EtcdMember]]:
+        """Add a member; return it and the member list to start it with
+        (see :func:`initial_cluster`)."""
+        answer = self._post("/v3/cluster/member/add",
+                            {"peerURLs": list(peer_urls), "isLearner": learner})
+        return _member(answer.get("member", {})), _members(answer)
+
+    def member_promote(self, member_id: int) -> list[EtcdMember]:
+        """Make a learner a voter (etcd refuses one not yet in sync); return the members."""
+        return _members(self._post("/v3/cluster/member/promote", {"ID": str(member_id)}))
+
+    def member_remove(self, member_id: int) -> list[EtcdMember]:
+        """Remove a member (etcd stops its process); return the remaining members."""
+        return _members(self._post("/v3/cluster/member/remove", {"ID": str(member_id)}))
+
+    def member_update(self, member_id: int, peer_urls: Sequence[str]) -> list[EtcdMember]:
+        """Change a voter's peer URLs; return the members.
+
+        Learners are refused: etcd 3.4 then lists the learner as a voter while raft keeps
+        it a learner, so it can never be promoted and a second learner gets in (etcd#21694).
+        """
+        member = self._member(member_id)
+        if member.is_learner:
+            raise EtcdError(f"etcd learner {member_label(member)} cannot change its peer URLs "
+                            "(etcd 3.4 would forget it is a learner): remove and add it again")
+        return _members(self._post("/v3/cluster/member/update",
+                                   {"ID": str(member_id), "peerURLs": list(peer_urls)}))
+
+    # --- leadership and health -------------------------------------------------------
+
+    def _statuses(self, members: Sequence[EtcdMember], timeout: float | None
+                  ) -> dict[int, EtcdStatus | str]:
+        """Each member's status, or why there is none, by member id."""
+        statuses: dict[int, EtcdStatus | str] = {}
+        for member in members:
+            if not member.client_urls:
+                statuses[member.id] = "not started (no client URL)"
+                continue
+            try:
+                statuses[member.id] = self.status(member.client_urls[0], timeout)
+            except EtcdError as e:
+                statuses[member.id] = str(e)
+        return statuses
+
+    def leader(self) -> tuple[EtcdMember, EtcdStatus]:
+        """The current leader and its own status (asked at its client URL)."""
+        members = self.member_list()
+        statuses = self._statuses(members, None)
+        for member in members:
+            status = statuses[member.id]
+            if isinstance(status, EtcdStatus) and status.is_leader:
+                return member, status
+        reasons = "; ".join(f"{member_label(m)}: {statuses[m.id]}" for m in members
+                            if not isinstance(statuses[m.id], EtcdStatus))
+        raise EtcdError(f"no etcd member at {', '.join(self.endpoints)} is the leader"
+                        + (f" ({reasons})" if reasons else ""))
+
+    def move_leader(self, target_id: int) -> None:
+        """Hand leadership to ``target_id``; returns once it leads (etcd waits for that).
+
+        Only the leader accepts the transfer, so it is asked at the leader's client URL.
+        """
+        leader, status = self.leader()
+        if leader.id != target_id:
+            self._post_at(status.endpoint, "/v3/maintenance/transfer-leadership",
+                          {"targetID": str(target_id)})
+
+    def learner_progress(self, member_id: int) -> float:
+        """How much of the leader's raft log the member has (0.0-1.0); 0.0 while it does
+        not serve its client URL yet. etcd promotes a learner only from 0.9 on."""
+        learner = self._member(member_id)
+        _, leader = self.leader()
+        status = self._statuses([learner], None)[member_id]
+        if not isinstance(status, EtcdStatus) or leader.raft_index == 0:
+            return 0.0
+        return min(1.0, status.raft_index / leader.raft_index)
+
+    def cluster_health(self, timeout: float = 1.0) -> ClusterHealth:
+        """Every member asked for its status (``timeout`` each): unreachable members,
+        members without a leader and members with an alarm are unhealthy."""
+        members = self.member_list()
+        statuses = self._statuses(members, timeout)
+        alarms = {alarm.member_id: alarm.alarm for alarm in self.alarms()}
+        leaders = Counter(s.leader for s in statuses.values()
+                          if isinstance(s, EtcdStatus) and s.leader)
+        unhealthy = []
+        for member in members:
+            status = statuses[member.id]
+            if not isinstance(status, EtcdStatus):
+                unhealthy.append(f"{member_label(member)}: {status}")
+            elif not status.leader:
+                unhealthy.append(f"{member_label(member)}: knows no leader")
+            elif member.id in alarms:
+                unhealthy.append(f"{member_label(member)}: alarm {alarms[member.id]}")
+        return ClusterHealth(tuple(members), leaders.most_common(1)[0][0] if leaders else 0,
+                             tuple(unhealthy))
+
+    # --- snapshot --------------------------------------------------------------------
+
+    def _stream_snapshot(self, endpoint: str, out: BinaryIO) -> None:
+        path = "/v3/maintenance/snapshot"
+        out.seek(0)  # an endpoint that failed part-way left bytes behind
+        out.truncate()
+        try:
+            with self._http.stream("POST", endpoint + path, json={}) as response:
+                if response.status_code != 200:
+                    self._check_answer(endpoint, path, response.status_code, response.read().decode())
+                for obj in _json_objects(response.iter_text()):
+                    if "error" in obj:
+                        self._check_answer(endpoint, path, 500, json.dumps(obj["error"]))
+                    out.write(_unb64(obj.get("result", {}).get("blob")))
+        except httpx.TransportError as e:
+            raise _EndpointUnavailable(f"{endpoint}: {str(e) or type(e).__name__}") from e
+        except ValueError as e:
+            raise EtcdError(f"etcd at {endpoint} sent a bad snapshot stream: {e}") from e
+
+    def snapshot(self, path: str | os.PathLike[str]) -> SnapshotStatus:
+        """Save a snapshot of the keyspace to ``path`` (mode 0600), verified with
+        ``etcdctl snapshot status`` before it replaces ``path``; return that status."""
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                self._first_answer("/v3/maintenance/snapshot",
+                                   lambda endpoint: self._stream_snapshot(endpoint, out))
+                out.flush()
+                os.fsync(out.fileno())
+            status = verify_snapshot(partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return status
