@@ -283,6 +283,15 @@ class ClusterAccess:
                 conn = self._tunnel_connection(address[0])
                 self._routes[address] = await self._stack.enter_async_context(conn.forward_local(*address))
 
+    def loopback_port(self, host: str | Host, port: int) -> int:
+        """A local port whose connections reach ``host``'s own 127.0.0.1:``port`` through its
+        SSH connection: a node-local service as the host's own clients reach it. Open until close."""
+        conn = self.connection(host)
+        local_port = self._call(self._stack.enter_async_context(conn.forward_local(_TUNNEL_HOST, port)))
+        with self._lock:
+            self._direct.add((_TUNNEL_HOST, local_port))  # already a tunnel: never tunnel it again
+        return local_port
+
     def _tunnel_connection(self, address: str) -> HostConnection:
         """The host at ``address`` itself if connected, else a master, else any host."""
         hosts = self.connected

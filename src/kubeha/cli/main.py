@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import check, inventory, lab, lb
+from kubeha.cli import check, inventory, lab, lb, probe
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lb.app, name="lb")
 app.command("check")(check.check)
+app.command("probe")(probe.probe)
 
 err = Console(stderr=True)
 
