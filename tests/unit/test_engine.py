@@ -17,7 +17,7 @@ import pytest
 
 from kubeha.errors import KubehaError
 from kubeha.plan import (
-    Change, ChangeKind, EngineRefused, Journal, OperationInterrupted, OperationLocked, Plan, PlanError, Registry,
+    Change, ChangeKind, ClusterLockLost, EngineRefused, Journal, OperationInterrupted, OperationLocked, Plan, PlanError, Registry,
     RollbackStopped, RunOutcome, Step, StepContext, StepFailed, StepKind, StepNotVerified, StepOutcome, apply,
     resume, rollback,
 )
@@ -360,3 +360,28 @@ def test_a_run_killed_mid_step_is_finished_by_resume(tmp_path, cluster, journal)
     assert cluster.read() == uninterrupted.read() == {"healthy": "yes", "a": "1", "b": "2", "c": "3"}
     assert outcomes(journal)[2:] == [("one", StepOutcome.SKIPPED_ALREADY_DONE), ("two", StepOutcome.DONE),
                                      ("three", StepOutcome.DONE)]
+
+
+def test_a_lost_cluster_lock_stops_the_run_between_steps(cluster, journal):
+    class LeaseLock:
+        """Held for the first step only, as when etcd stops answering the lease renewals."""
+
+        checks = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def check(self):
+            LeaseLock.checks += 1
+            if LeaseLock.checks > 1:
+                raise ClusterLockLost("the cluster lock was lost: resume later")
+
+    with pytest.raises(ClusterLockLost):
+        apply(toy_plan(*THREE_STEPS), toy_registry(), cluster.view, journal, cluster=cluster,
+              cluster_lock=lambda plan: LeaseLock())
+    assert outcomes(journal) == [("one", StepOutcome.DONE)]
+    assert cluster.read() == {"healthy": "yes", "a": "1"}
+    assert journal.runs(OP)[-1].outcome is RunOutcome.INTERRUPTED

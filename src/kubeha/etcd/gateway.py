@@ -28,6 +28,7 @@ from kubeha.etcd.snapshot import SnapshotStatus, verify_snapshot
 __all__ = ["EtcdError", "SnapshotStatus", "verify_snapshot"]  # re-exported: callers import them from here
 
 _GRPC_UNAVAILABLE = 14
+_KEEPALIVE = "/v3/lease/keepalive"  # a streaming endpoint: one request, answers until closed
 _T = TypeVar("_T")
 
 
@@ -367,6 +368,59 @@ class EtcdClient:
             )
             deleted = responses[0].get("response_delete_range", {}).get("prev_kvs", []) if ok else []
         return _key_value(deleted[0]) if deleted else None
+
+    def put_if_absent(self, key: str, value: bytes, lease_id: int) -> tuple[bool, KeyValue | None]:
+        """Write ``key`` attached to lease ``lease_id`` only if it does not exist.
+
+        Returns (written, the key as it is now: ours if written, else the one in the way).
+        """
+        ok, responses, _ = self._txn(
+            {"target": "CREATE", "create_revision": "0"},
+            [
+                {"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease_id)}},
+                {"request_range": {"key": _b64(key)}},  # sees the put: same transaction
+            ],
+            key,
+        )
+        kvs = _key_values(responses[-1].get("response_range", {})) if responses else []
+        return ok, (kvs[0] if kvs else None)
+
+    # --- leases (ids go out as strings: they exceed JSON's safe integers) ------------
+
+    def lease_grant(self, ttl_seconds: int) -> int:
+        """A new lease of ``ttl_seconds`` (etcd may raise it to its minimum); its id."""
+        answer = self._post("/v3/lease/grant", {"TTL": str(ttl_seconds)})
+        lease_id = _int(answer, "ID")
+        if not lease_id:
+            raise EtcdError(f"etcd granted no lease: {answer.get('error') or answer}")
+        return lease_id
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """End the lease now, deleting every key attached to it."""
+        self._post("/v3/lease/revoke", {"ID": str(lease_id)})
+
+    def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Renew the lease once; return its TTL from now in seconds, 0 when it has expired."""
+        return self._first_answer(_KEEPALIVE, lambda endpoint: self._keepalive_at(endpoint, lease_id, timeout))
+
+    def _keepalive_at(self, endpoint: str, lease_id: int, timeout: float | None) -> int:
+        """The TTL in the first answer of the keepalive stream; leaving the ``with`` block
+        closes the response, so the stream the gateway would keep open ends here."""
+        path = _KEEPALIVE
+        try:
+            with self._http.stream("POST", endpoint + path, json={"ID": str(lease_id)},
+                                   timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout) as response:
+                if response.status_code != 200:
+                    self._check_answer(endpoint, path, response.status_code, response.read().decode())
+                for obj in _json_objects(response.iter_text()):
+                    if "error" in obj:
+                        self._check_answer(endpoint, path, 500, json.dumps(obj["error"]))
+                    return _int(obj.get("result", {}), "TTL")
+        except httpx.TransportError as e:
+            raise _EndpointUnavailable(f"{endpoint}: {str(e) or type(e).__name__}") from e
+        except ValueError as e:
+            raise EtcdError(f"etcd at {endpoint} sent a bad {path} stream: {e}") from e
+        raise EtcdError(f"etcd at {endpoint} ended {path} without an answer")
 
     # --- cluster ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Markdown, JSON). Operations build plans and register step kinds; the CLI calls t
 
 from kubeha.plan.engine import Progress, ProgressCallback, RunResult, apply, resume, rollback, steps_to_undo
 from kubeha.plan.errors import (
-    EngineRefused, JournalError, OperationInterrupted, OperationLocked, PlanError, RollbackStopped, StepFailed,
+    ClusterLocked, ClusterLockLost, EngineRefused, JournalError, OperationInterrupted, OperationLocked, PlanError, RollbackStopped, StepFailed,
     StepNotVerified,
 )
 from kubeha.plan.journal import Journal, RunAction, RunOutcome, RunRecord, StepOutcome, StepRecord, default_journal_path
@@ -16,7 +16,7 @@ from kubeha.plan.model import Change, ChangeKind, Plan, Step, inventory_digest, 
 from kubeha.plan.render import plan_json, plan_markdown, plan_text
 
 __all__ = [
-    "Change", "ChangeKind", "EngineRefused", "Journal", "JournalError", "OperationInterrupted", "OperationLocked",
+    "Change", "ChangeKind", "ClusterLockLost", "ClusterLocked", "EngineRefused", "Journal", "JournalError", "OperationInterrupted", "OperationLocked",
     "Plan", "PlanError", "Progress", "ProgressCallback", "Registry", "RollbackStopped", "RunAction", "RunOutcome",
     "RunRecord", "RunResult", "SafetyCheck", "Step", "StepContext", "StepFailed", "StepKind", "StepNotVerified",
     "StepOutcome", "StepRecord", "ViewFactory", "apply", "default_journal_path", "inventory_digest",

@@ -30,7 +30,7 @@ from typing import Any
 
 from kubeha.errors import KubehaError
 from kubeha.plan.errors import (
-    EngineRefused, OperationInterrupted, PlanError, RollbackStopped, StepFailed, StepNotVerified, rollback_command,
+    ClusterLockLost, EngineRefused, OperationInterrupted, PlanError, RollbackStopped, StepFailed, StepNotVerified, rollback_command,
 )
 from kubeha.plan.journal import Journal, RunAction, RunOutcome, StepOutcome, StepRecord
 from kubeha.plan.kinds import Registry, StepContext, StepKind, ViewFactory
@@ -116,6 +116,7 @@ _RUN_OUTCOMES: dict[type[KubehaError], RunOutcome] = {
     StepFailed: RunOutcome.FAILED,
     OperationInterrupted: RunOutcome.INTERRUPTED,
     RollbackStopped: RunOutcome.ROLLBACK_STOPPED,
+    ClusterLockLost: RunOutcome.INTERRUPTED,
 }
 
 
@@ -161,6 +162,7 @@ class _Run:
         self.on_progress = on_progress or (lambda progress: None)
         self.cluster_lock = cluster_lock or (lambda plan: contextlib.nullcontext())
         self.outcomes: dict[str, StepOutcome] = {}
+        self.lock_check: Callable[[], None] | None = None
         self.run_id = 0
         self.current: Step | None = None
         self.interrupt = _InterruptDeferral(
@@ -171,7 +173,9 @@ class _Run:
     def _framed(self, action: RunAction, body: Callable[[], RunOutcome]) -> RunResult:
         self.registry.validate(self.plan)
         self.journal.record_plan(self.plan)
-        with self.journal.lock(self.op), self.cluster_lock(self.plan), self.interrupt:
+        with self.journal.lock(self.op), self.cluster_lock(self.plan) as held, self.interrupt:
+            # a lock that can be lost (an etcd lease) is checked before every step
+            self.lock_check = getattr(held, "check", None)
             self.run_id = self.journal.start_run(self.op, action)
             try:
                 outcome = body()
@@ -212,6 +216,8 @@ class _Run:
 
     def _between_steps(self, step: Step, doing: str) -> None:
         self.current = step
+        if self.lock_check is not None:
+            self.lock_check()
         if self.interrupt.requested:
             raise OperationInterrupted(self.op, f"before {doing} step {step.id}")
 

@@ -82,3 +82,11 @@ class RollbackStopped(KubehaError):
         self.step_id = step_id
         self.reason = reason
         super().__init__(f"rollback stopped at step {step_id}: {reason}")
+
+
+class ClusterLocked(OperationLocked):
+    """Another kubeha run, on any machine, holds the cluster."""
+
+
+class ClusterLockLost(KubehaError):
+    """The cluster lock could not be kept: another run may take the cluster."""
