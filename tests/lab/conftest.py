@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
 import pytest
 from helpers.lab import require_lab_prerequisites
@@ -22,7 +21,6 @@ def lab(request):
     try:
         lab.up(LabSpec(layout=request.param))
         lab.up_seconds = time.monotonic() - started
-        lab.ready_at = datetime.now(timezone.utc)
         yield lab
     finally:
         lab.down()
