@@ -100,8 +100,14 @@ def test_stopping_one_apiserver_keeps_the_api_served_through_the_vip(lab: Lab):
         wait_for(lambda: _unreachable(lab, direct), 30, f"the apiserver on {victim.name} to stop")
         count, failures = _api_reads(lab, 3.0)
         assert count > 30 and failures == []
+        with lab.api(cluster) as api:
+            stamp = started.replace(microsecond=0)  # renewTime has second precision at least
+            wait_for(lambda: all(_renew_time(api, w.name) >= stamp for w in cluster.workers), 25,
+                     "every worker to renew its lease with one apiserver down")
         for worker in cluster.workers:
-            assert renewal_failures_since(lab, worker.name, started) == []
+            # a kubelet whose pooled connection ran to the stopped apiserver fails that one
+            # renewal and its immediate retry succeeds: one retry allowed, never two
+            assert len(renewal_failures_since(lab, worker.name, started)) <= 1
     finally:
         lab.on(victim.name, start)
     wait_for(lambda: not _unreachable(lab, direct), 30, f"the apiserver on {victim.name} to return")
