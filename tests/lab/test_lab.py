@@ -164,7 +164,10 @@ def test_exactly_one_vip_holder_and_killing_its_keepalived_moves_the_vip(lab: La
     count, failures = _api_reads(lab, 1.0)
     assert failures == []
     lab.on(holder, ["systemctl", "restart", "keepalived"])
-    wait_for(lambda: len(lab.vip_holders(cluster)) == 1, 10, "a single VIP holder again")
+    try:
+        wait_for(lambda: len(lab.vip_holders(cluster)) == 1, 15, "a single VIP holder again")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; holders now: {lab.vip_holders(cluster) or 'none'}") from None
 
 
 def _comm(pid: int) -> str:

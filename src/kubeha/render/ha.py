@@ -45,7 +45,12 @@ def _haproxy_check(cluster: Cluster) -> dict[str, str | int]:
 _HAPROXY_TIMEOUTS = {"connect": "1s", "session": "1h"}
 # Between 3 adverts missed (0.6 s) and scheduling jitter on a loaded host (VRRPv3 only).
 KEEPALIVED_ADVERT_INT = 0.2
-_KEEPALIVED_SCRIPT = {"interval": 1, "timeout": 2, "fall": 2, "rise": 2}
+# The check goes through the local haproxy to an apiserver's /readyz: when the whole cluster
+# is slow, every LB host's check is slow together, and a strict check would release the VIP
+# everywhere at once. 3 misses of 2 s each tolerate a slow moment; a dead host is caught by
+# the VRRP adverts (3 x advert_int), not by this check.
+_KEEPALIVED_SCRIPT = {"interval": 1, "timeout": 3, "fall": 3, "rise": 2}
+_KEEPALIVED_CHECK_MAX_TIME = 2
 
 
 def default_backends(cluster: Cluster) -> tuple[Backend, ...]:
@@ -125,7 +130,8 @@ def render_keepalived_conf(
         router_id=host.name,
         instance="kube_apiserver_vip",
         script_name="kube_apiserver_via_haproxy",
-        check_script=f"/usr/bin/curl -sfk --max-time 1 -o /dev/null https://127.0.0.1:{vip.port}/readyz",
+        check_script=(f"/usr/bin/curl -sfk --max-time {_KEEPALIVED_CHECK_MAX_TIME} -o /dev/null "
+                      f"https://127.0.0.1:{vip.port}/readyz"),
         script=_KEEPALIVED_SCRIPT,
         interface=vip.interface,
         vrid=vip.vrid,
