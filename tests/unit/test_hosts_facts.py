@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
 from kubeha.hosts.backup import BackupEntry, BackupManifest, BackupSet
 from kubeha.hosts.connection import describe_command
 from kubeha.hosts.facts import (
-    InterfaceAddress, file_sha256, parse_hostname, parse_ipv4_addresses, parse_sha256,
+    InterfaceAddress, file_sha256, holds_address, parse_hostname, parse_ipv4_addresses, parse_sha256,
     parse_unit_states, unit_states,
 )
 from kubeha.hosts.files import FileStat, parse_stat
@@ -76,3 +76,11 @@ def test_backup_set_refuses_an_operation_id_that_is_not_a_file_name():
     assert str(BackupSet("op-1").manifest_path) == "/var/lib/kubeha/backups/op-1/manifest.json"
     with pytest.raises(ValueError):
         BackupSet("../etc")
+
+
+def test_the_vip_is_found_in_ip_addr_output_only_as_a_whole_address():
+    shown = ("2: eth0    inet 10.212.3.11/24 brd 10.212.3.255 scope global eth0\\       valid_lft forever\n"
+             "2: eth0    inet 10.212.3.100/32 scope global eth0\\       valid_lft forever\n")
+    assert holds_address(parse_ipv4_addresses(shown), IPv4Address("10.212.3.100"))
+    assert not holds_address(parse_ipv4_addresses(shown), IPv4Address("10.212.3.10"))
+    assert not holds_address(parse_ipv4_addresses(shown), IPv4Address("10.212.3.1"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
 from pathlib import PurePosixPath
 
 import pytest
@@ -10,7 +9,7 @@ from helpers.render_clusters import make_cluster
 
 from kubeha.errors import InputError
 from kubeha.lb import HAPROXY, KEEPALIVED, NGINX, Action, keepalived_priority, lb_configs, plan_lb_apply
-from kubeha.lb.plan import complaint, holds_vip, install_hint, node_proxy_hosts
+from kubeha.lb.plan import complaint, install_hint, node_proxy_hosts
 from kubeha.model import Cluster, Host, Layout, Role
 
 
@@ -82,13 +81,6 @@ def test_a_cluster_without_a_vip_is_refused():
     with pytest.raises(InputError, match="no VIP: set vip"):
         plan_lb_apply(cluster, {})
 
-
-def test_the_vip_is_found_in_ip_addr_output_only_as_a_whole_address():
-    shown = ("2: eth0    inet 10.212.3.11/24 brd 10.212.3.255 scope global eth0\\       valid_lft forever\n"
-             "2: eth0    inet 10.212.3.100/32 scope global eth0\\       valid_lft forever\n")
-    assert holds_vip(shown, IPv4Address("10.212.3.100"))
-    assert not holds_vip(shown, IPv4Address("10.212.3.10"))
-    assert not holds_vip(shown, IPv4Address("10.212.3.1"))
 
 
 def test_missing_packages_are_one_line_with_the_apt_command():

@@ -8,9 +8,9 @@ exits 3 when a unit is not active); any other status is a failure.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import PurePosixPath
 from typing import Generic, TypeVar
 
@@ -68,6 +68,16 @@ def parse_sha256(stdout: str) -> str | None:
 HOSTNAME: Fact[str] = Fact("hostname", "uname -n", parse_hostname)
 IPV4_ADDRESSES: Fact[tuple[InterfaceAddress, ...]] = Fact(
     "IPv4 addresses", "ip -4 -o addr show", parse_ipv4_addresses)
+
+
+def ipv4_addresses_on(interface: str) -> Fact[tuple[InterfaceAddress, ...]]:
+    """The IPv4 addresses of one interface: where a VIP shows up."""
+    return Fact(f"IPv4 addresses on {interface}", f"ip -4 -o addr show dev {shlex.quote(interface)}",
+                parse_ipv4_addresses)
+
+
+def holds_address(addresses: Iterable[InterfaceAddress], address: IPv4Address) -> bool:
+    return any(a.address.ip == address for a in addresses)
 
 
 def unit_states(*units: str) -> Fact[dict[str, str]]:

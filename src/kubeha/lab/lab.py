@@ -18,6 +18,7 @@ from typing import Callable
 import httpx
 
 from kubeha.errors import LabError
+from kubeha.hosts.facts import holds_address, parse_ipv4_addresses
 from kubeha.inventory import Inventory, SshDefaults, dump_inventory
 from kubeha.lb import node_proxy_hosts
 from kubeha.lab import namespaces as ns
@@ -319,11 +320,12 @@ class Lab:
     def vip_holders(self, cluster: Cluster) -> list[str]:
         if cluster.vip is None:
             return []
+        vip = cluster.vip
         holders = []
         for host in cluster.lb_hosts:
             out = ns.run(["ip", "-n", self.names.netns(host.name), "-4", "-o", "addr", "show", "dev",
-                          "eth0"], check=False).stdout
-            if f" {cluster.vip.address}/" in out:
+                          vip.interface], check=False).stdout
+            if holds_address(parse_ipv4_addresses(out), vip.address):
                 holders.append(host.name)
         return holders
 

@@ -20,9 +20,10 @@ from typing import NoReturn, TypeVar
 from kubeha.access import ClusterAccess
 from kubeha.errors import HostError
 from kubeha.hosts import BackupSet, CommandFailed, HostConnection, HostOutcome
+from kubeha.hosts.facts import holds_address, ipv4_addresses_on
 from kubeha.lb.plan import (
     KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
-    holds_vip, install_hint, lb_configs,
+    install_hint, lb_configs,
 )
 from kubeha.model import Cluster, VirtualIP
 
@@ -200,17 +201,20 @@ class _Run:
             self.steps(steps)
 
     def vip_holders(self, vip: VirtualIP) -> tuple[str, ...]:
+        addresses = ipv4_addresses_on(vip.interface)
+
         async def holds(conn: HostConnection) -> bool:
-            shown = await conn.run(["ip", "-4", "-o", "addr", "show", "dev", vip.interface], check=False)
-            return holds_vip(shown.stdout, vip.address)
+            shown = await conn.run(addresses.command, check=False)  # no such interface: not a holder
+            return holds_address(addresses.parse(shown.stdout), vip.address)
 
         lbs = self.access.cluster.lb_hosts
         return tuple(h for h, held in _values(self.access.run_all(holds, hosts=lbs)).items() if held)
 
     def wait_for_vip(self, host: str, vip: VirtualIP) -> None:
         started = time.monotonic()
-        while not holds_vip(self.access.run(host, ["ip", "-4", "-o", "addr", "show", "dev", vip.interface],
-                                            check=True).stdout, vip.address):
+        addresses = ipv4_addresses_on(vip.interface)
+        while not holds_address(addresses.parse(self.access.run(host, addresses.command, check=True).stdout),
+                                vip.address):
             if time.monotonic() - started > VIP_TIMEOUT:
                 self.fail([(host, HostError(f"{host}: keepalived did not take the VIP {vip.address} on "
                                      f"{vip.interface} within {VIP_TIMEOUT:g} s; see `journalctl -u "

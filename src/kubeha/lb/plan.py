@@ -13,7 +13,6 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Address
 from pathlib import PurePosixPath
 
 from kubeha.errors import InputError
@@ -154,11 +153,6 @@ def plan_lb_apply(cluster: Cluster, current_files: Mapping[FileKey, bytes | None
         action = Action.START if not is_running else Action.RELOAD if changed else Action.NONE
         steps.append(ServiceStep(config, changed, action))
     return LbPlan(cluster, tuple(steps))
-
-
-def holds_vip(ip_addr_output: str, vip: IPv4Address) -> bool:
-    """Whether ``ip -4 -o addr show dev <iface>`` lists the VIP."""
-    return f" {vip}/" in ip_addr_output
 
 
 def install_hint(missing: Mapping[str, Collection[str]]) -> str:
