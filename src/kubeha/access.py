@@ -39,6 +39,7 @@ from kubeha.hosts import (
     BackupEntry, BackupSet, Command, CommandResult, FileStat, Fleet, HostConnection, HostOutcome,
     SshSettings,
 )
+from kubeha.hosts.facts import Fact, gather_fact
 from kubeha.inventory import Inventory
 from kubeha.kube import api_client, kubeconfig_credentials
 from kubeha.kube.kubeconfig import Credential
@@ -111,13 +112,16 @@ class ClusterAccess:
     """``with ClusterAccess(inventory) as access:`` -- SSH to every host, etcd and the API.
 
     Hosts SSH cannot reach are in ``connect_errors``; using one raises its error.
+    ``etcd_endpoints`` replaces the inventory's etcd client URLs for ``etcd()``.
     """
 
     def __init__(self, inventory: Inventory, trust_new_host_keys: bool = False, *,
-                 prefer_tunnel: bool = False) -> None:
+                 prefer_tunnel: bool = False, etcd_endpoints: Sequence[str] | None = None) -> None:
         self.inventory = inventory
         self.cluster = inventory.cluster
         self.prefer_tunnel = prefer_tunnel
+        # an operation that changes etcd members names the members before and after it
+        self.etcd_endpoints = tuple(etcd_endpoints or inventory.cluster.etcd_client_urls())
         ssh = inventory.ssh
         # user and port None: each host's own, which the inventory defaults to ssh.user/port
         self._settings = SshSettings(key_file=ssh.key_file, trust_new_host_keys=trust_new_host_keys,
@@ -248,6 +252,10 @@ class ClusterAccess:
 
     def get_file(self, host: str | Host, path: str | PurePosixPath) -> bytes | None:
         return self._call(self.connection(host).get_file(path))
+
+    def fact(self, host: str | Host, fact: Fact[T]) -> T:
+        """``fact`` read on ``host``: its command run, its output parsed."""
+        return self._call(gather_fact(self.connection(host), fact))
 
     def stat(self, host: str | Host, path: str | PurePosixPath) -> FileStat | None:
         return self._call(self.connection(host).stat(path))
@@ -382,7 +390,7 @@ class ClusterAccess:
 
     def etcd(self) -> EtcdClient:
         """A client of every etcd member (failing over between them)."""
-        return self.etcd_at(self.cluster.etcd_client_urls())
+        return self.etcd_at(self.etcd_endpoints)
 
     def etcd_member(self, host: str | Host) -> EtcdClient:
         """A client of one member only (no failover): for status and health of that member."""

@@ -385,3 +385,38 @@ def test_a_lost_cluster_lock_stops_the_run_between_steps(cluster, journal):
     assert outcomes(journal) == [("one", StepOutcome.DONE)]
     assert cluster.read() == {"healthy": "yes", "a": "1"}
     assert journal.runs(OP)[-1].outcome is RunOutcome.INTERRUPTED
+
+
+class MarkKey(SetKey):
+    """A SetKey whose effect is nothing to take back (like a snapshot): rollback passes over it."""
+
+    name = "mark-key"
+    nothing_to_undo = True
+
+
+def test_a_step_check_judges_the_step_it_guards(cluster, journal):
+    registry = toy_registry()
+    registry.add_kind(MarkKey())
+
+    @registry.step_check("key is free")
+    def key_is_free(view: Any, step: Step) -> str | None:
+        key = step.changes[0].target
+        return f"{key} is taken" if key in view else None
+
+    cluster.set("b", "taken")
+    guarded = [s.model_copy(update={"safety_checks": ("key is free",)}) for s in THREE_STEPS[:2]]
+    with pytest.raises(EngineRefused) as refused:
+        apply(toy_plan(*guarded), registry, cluster.view, journal, cluster=cluster)
+    assert refused.value.reasons == ["key is free: b is taken"]
+    assert cluster.read()["a"] == "1"
+
+
+def test_rollback_passes_over_steps_with_nothing_to_undo(cluster, journal):
+    registry = toy_registry()
+    registry.add_kind(MarkKey())
+    plan = toy_plan(set_step("mark", "m", "1", kind="mark-key"), *THREE_STEPS[:2])
+    apply(plan, registry, cluster.view, journal, cluster=cluster)
+    rollback(OP, registry, cluster.view, journal, cluster=cluster)
+    assert cluster.read() == {"healthy": "yes", "m": "1"}
+    assert [(step, outcome) for step, outcome in outcomes(journal) if outcome is StepOutcome.ROLLED_BACK] == [
+        ("two", StepOutcome.ROLLED_BACK), ("one", StepOutcome.ROLLED_BACK)]

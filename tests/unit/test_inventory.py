@@ -175,8 +175,6 @@ def test_each_bad_field_is_one_line_with_its_line(old: str, new: str, expected: 
      "cluster.yaml:6: vip.address: 10.0.1.100 is outside the network 10.0.0.0/24"),
     ("address: 10.0.0.21", "address: 10.0.0.255",
      "cluster.yaml:30: hosts[3].address: 10.0.0.255 is the network or broadcast address of 10.0.0.0/24"),
-    ("roles: [worker]", "roles: []",
-     "cluster.yaml:31: hosts[3].roles: a host needs at least one of etcd, master, worker, lb"),
     ("roles: [worker]", "roles: [worker, lb]",
      "cluster.yaml:31: hosts[3].roles: w1 is a worker and an lb host: workloads share it and drains "
      "move the VIP; give lb to dedicated hosts or to masters"),
@@ -285,3 +283,11 @@ def test_mutated_files_give_an_inventory_or_an_input_error(text: str):
     else:
         assert isinstance(inventory, Inventory)
         assert parse_inventory(dump_inventory(inventory)) == inventory
+
+
+def test_a_host_without_roles_is_a_spare():
+    text = ("hosts:\n  - name: m1\n    address: 10.0.0.11\n    roles: [etcd, master]\n"
+            "  - name: spare1\n    address: 10.0.0.21\n    roles: []\n")
+    cluster = parse_inventory(text).cluster
+    assert [h.name for h in cluster.hosts] == ["m1", "spare1"]
+    assert cluster.host("spare1").roles == frozenset()

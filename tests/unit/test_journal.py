@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from datetime import datetime, timezone
 
 import pytest
 
-from kubeha.plan import Change, ChangeKind, Journal, JournalError, Plan, RunAction, RunOutcome, Step, StepOutcome
-from kubeha.plan.journal import default_journal_path
+from kubeha.plan import Change, ChangeKind, Journal, JournalError, Plan, ProbeRun, RunAction, RunOutcome, Step, StepOutcome
+from kubeha.plan.journal import SCHEMA, default_journal_path
 
 PLAN = Plan(operation="toy", operation_id="toy-1", created=datetime(2024, 5, 1, tzinfo=timezone.utc),
             inventory_digest="sha256:toy",
@@ -61,3 +62,31 @@ def test_a_journal_that_cannot_be_made_is_one_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(JournalError, match="cannot open the journal"):
         Journal(tmp_path / "file" / "journal.sqlite")
+
+
+def test_probe_summaries_are_stored_per_run(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_plan(PLAN)
+        first = journal.start_run("toy-1", RunAction.APPLY)
+        second = journal.start_run("toy-1", RunAction.RESUME)
+        journal.record_probe(second, "toy-1", {"healthy": True, "paths": []}, tmp_path / "run-2.jsonl")
+        journal.record_probe(first, "toy-1", {"healthy": False, "paths": [{"path": "vip"}]})
+    with Journal(tmp_path / "j.sqlite") as reopened:
+        assert reopened.probes("toy-1") == [
+            ProbeRun(first, "toy-1", {"healthy": False, "paths": [{"path": "vip"}]}, None),
+            ProbeRun(second, "toy-1", {"healthy": True, "paths": []}, str(tmp_path / "run-2.jsonl"))]
+        assert reopened.probes("other") == []
+        with pytest.raises(JournalError, match="not JSON"):
+            reopened.record_probe(first, "toy-1", {"when": object()})
+
+
+def test_a_journal_from_before_probes_gains_the_table(tmp_path):
+    path = tmp_path / "j.sqlite"
+    old_schema = SCHEMA.split("CREATE TABLE IF NOT EXISTS probes")[0]
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+    with Journal(path) as journal:
+        journal.record_plan(PLAN)
+        run_id = journal.start_run("toy-1", RunAction.APPLY)
+        journal.record_probe(run_id, "toy-1", {"healthy": True})
+        assert [p.run_id for p in journal.probes("toy-1")] == [run_id]

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import check, inventory, lab, lb, probe
+from kubeha.cli import check, inventory, lab, lb, operations, probe
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -22,6 +22,12 @@ app.add_typer(inventory.app, name="inventory")
 app.add_typer(lb.app, name="lb")
 app.command("check")(check.check)
 app.command("probe")(probe.probe)
+app.add_typer(operations.plan_app, name="plan")
+app.command("apply")(operations.apply)
+app.command("resume")(operations.resume)
+app.command("rollback")(operations.rollback)
+app.command("journal")(operations.journal_command)
+app.add_typer(operations.etcd_app, name="etcd")
 
 err = Console(stderr=True)
 

@@ -487,7 +487,7 @@ class EtcdClient:
 
     # --- leadership and health -------------------------------------------------------
 
-    def _statuses(self, members: Sequence[EtcdMember], timeout: float | None
+    def statuses(self, members: Sequence[EtcdMember], timeout: float | None
                   ) -> dict[int, EtcdStatus | str]:
         """Each member's status, or why there is none, by member id."""
         statuses: dict[int, EtcdStatus | str] = {}
@@ -504,7 +504,7 @@ class EtcdClient:
     def leader(self) -> tuple[EtcdMember, EtcdStatus]:
         """The current leader and its own status (asked at its client URL)."""
         members = self.member_list()
-        statuses = self._statuses(members, None)
+        statuses = self.statuses(members, None)
         for member in members:
             status = statuses[member.id]
             if isinstance(status, EtcdStatus) and status.is_leader:
@@ -529,7 +529,7 @@ class EtcdClient:
         not serve its client URL yet. etcd promotes a learner only from 0.9 on."""
         learner = self._member(member_id)
         _, leader = self.leader()
-        status = self._statuses([learner], None)[member_id]
+        status = self.statuses([learner], None)[member_id]
         if not isinstance(status, EtcdStatus) or leader.raft_index == 0:
             return 0.0
         return min(1.0, status.raft_index / leader.raft_index)
@@ -538,7 +538,7 @@ class EtcdClient:
         """Every member asked for its status (``timeout`` each): unreachable members,
         members without a leader and members with an alarm are unhealthy."""
         members = self.member_list()
-        statuses = self._statuses(members, timeout)
+        statuses = self.statuses(members, timeout)
         alarms = {alarm.member_id: alarm.alarm for alarm in self.alarms()}
         leaders = Counter(s.leader for s in statuses.values()
                           if isinstance(s, EtcdStatus) and s.leader)

@@ -28,9 +28,7 @@ def _host_problems(document: ClusterDocument) -> Iterator[Problem]:
                 yield Problem(("hosts", i, field), f"{value} is also the {field} of hosts[{first[value]}] "
                                                    f"({label}): each host needs its own")
             first.setdefault(value, i)
-    for i, host in enumerate(document.hosts):
-        if not host.roles:
-            yield Problem(("hosts", i, "roles"), "a host needs at least one of etcd, master, worker, lb")
+    # a host without roles is a spare: a machine an operation may move etcd or a master to
 
 
 def _role_problems(document: ClusterDocument) -> Iterator[Problem]:

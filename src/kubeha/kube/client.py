@@ -44,10 +44,14 @@ class NodeInfo:
     control_plane: bool
 
 
-def _call(api: k8s.ApiClient, what: str, request: Callable[..., Any], timeout: float) -> Any:
+def _call(api: k8s.ApiClient, what: str, request: Callable[..., Any], timeout: float, *,
+          absent_ok: bool = False) -> Any:
+    """``request``'s answer, errors said in one KubeError line; None for a 404 if ``absent_ok``."""
     try:
         return request(_request_timeout=timeout)
     except k8s.ApiException as e:
+        if absent_ok and e.status == 404:
+            return None
         raise KubeError(f"the API at {api.configuration.host} refused {what}: "
                         f"HTTP {e.status} {e.reason}") from None
     except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -84,3 +88,27 @@ def server_version(api: k8s.ApiClient, timeout: float = 10.0) -> str:
         raise KubeError(f"the API at {api.configuration.host} reports the version "
                         f"{info.git_version!r}, not vX.Y.Z")
     return match.group(0)
+
+
+def configmap_value(api: k8s.ApiClient, namespace: str, name: str, key: str, timeout: float = 10.0) -> str | None:
+    """``data[key]`` of a ConfigMap; None when the ConfigMap or the key is not there."""
+    config_map = _call(api, f"reading ConfigMap {namespace}/{name}",
+                       lambda **kw: k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace, **kw),
+                       timeout, absent_ok=True)
+    return None if config_map is None else (config_map.data or {}).get(key)
+
+
+def set_configmap_value(api: k8s.ApiClient, namespace: str, name: str, key: str, value: str,
+                        timeout: float = 10.0) -> None:
+    _call(api, f"patching ConfigMap {namespace}/{name}",
+          lambda **kw: k8s.CoreV1Api(api).patch_namespaced_config_map(name, namespace, {"data": {key: value}}, **kw),
+          timeout)
+
+
+def restart_daemonset(api: k8s.ApiClient, namespace: str, name: str, at: str, timeout: float = 10.0) -> bool:
+    """Roll a DaemonSet's pods as `kubectl rollout restart` does; False when it does not exist."""
+    body = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}}
+    patched = _call(api, f"restarting DaemonSet {namespace}/{name}",
+                    lambda **kw: k8s.AppsV1Api(api).patch_namespaced_daemon_set(name, namespace, body, **kw),
+                    timeout, absent_ok=True)
+    return patched is not None

@@ -156,7 +156,7 @@ class Lab:
         self._write_standins()
         self._write_ssh_keys(topology)
         auth = ClusterAuthorities.create(cluster.layout)
-        self._write_operator_files(cluster, auth)
+        self._write_operator_files(topology, auth)
         ns.create_mount_targets()
         ns.prepare_ns_dir(self.paths.ns_dir)
         network = ns.LabNetwork(topology.subnet)
@@ -196,7 +196,8 @@ class Lab:
             known.append(f"{host.address},{host.name} {public[0]} {public[1]}")
         _write(self.paths.known_hosts, "\n".join(known) + "\n", 0o644)
 
-    def _write_operator_files(self, cluster: Cluster, auth: ClusterAuthorities) -> None:
+    def _write_operator_files(self, topology: LabTopology, auth: ClusterAuthorities) -> None:
+        cluster = topology.cluster
         admin = client_cert(auth, ADMIN)
         _write(self.paths.ca_cert, auth.ca.cert_pem)
         _write(self.paths.admin_cert, admin.cert_pem)
@@ -204,7 +205,9 @@ class Lab:
         _write(self.paths.admin_kubeconfig, render_kubeconfig(
             cluster_name=cluster.name, server=cluster.endpoint, ca_pem=auth.ca.cert_pem,
             client_cert_pem=admin.cert_pem, client_key_pem=admin.key_pem, user=ADMIN[0]), 0o600)
-        inventory = Inventory(cluster=cluster, ssh=SshDefaults(
+        # the spares are listed without roles: the machines an operation may move things to
+        with_spares = cluster.model_copy(update={"hosts": topology.hosts})
+        inventory = Inventory(cluster=with_spares, ssh=SshDefaults(
             key_file=self.paths.ssh_key, known_hosts=self.paths.known_hosts))
         _write(self.paths.inventory, dump_inventory(inventory), 0o600)
 

@@ -62,6 +62,9 @@ def cluster_objects(cluster: Cluster, ca_pem: bytes) -> Iterator[tuple[str, dict
                                   "clientConnection": {"kubeconfig": "/var/lib/kube-proxy/kubeconfig.conf"}}),
             "kubeconfig.conf": _yaml(_endpoint_kubeconfig(cluster, ca_pem, token)),
         })
+    # calico on the etcd datastore (as kubeasz installs it): calico-node reads the endpoints here
+    yield _configmap("kube-system", "calico-config", {
+        "etcd_endpoints": ",".join(cluster.etcd_client_urls()), "calico_backend": "bird"})
     for worker in cluster.workers:
         for i in range(1, WORKLOADS_PER_WORKER + 1):
             yield ("/api/v1/namespaces/default/pods", {

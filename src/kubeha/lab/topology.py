@@ -124,6 +124,7 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
         files.update(etcd_member_files(cluster, host, auth))
     if is_master:
         files.update(apiserver_files(cluster, host, auth))
+        files[CALICOCTL_CFG] = (calicoctl_cfg(cluster).encode(), 0o644)
         files[paths.admin_kubeconfig] = kubeconfig_file(cluster, auth, ADMIN, cluster.endpoint)
         local = component_endpoint(cluster, host)
         files[paths.controller_manager_kubeconfig] = kubeconfig_file(cluster, auth, CONTROLLER_MANAGER, local)
@@ -146,6 +147,19 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
         for rendered in render_kubelet(cluster, host):
             files[rendered.path] = (rendered.content.encode(), rendered.mode)
     return files
+
+
+CALICOCTL_CFG = PurePosixPath("/etc/calico/calicoctl.cfg")
+
+
+def calicoctl_cfg(cluster: Cluster) -> str:
+    """calicoctl's config on a master, for calico on the etcd datastore."""
+    p = cluster.paths
+    return ("apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata:\nspec:\n"
+            '  datastoreType: "etcdv3"\n'
+            f'  etcdEndpoints: "{",".join(cluster.etcd_client_urls())}"\n'
+            f'  etcdKeyFile: "{p.etcd_client.key}"\n  etcdCertFile: "{p.etcd_client.cert}"\n'
+            f'  etcdCACertFile: "{p.etcd_ca.cert}"\n')
 
 
 def host_services(cluster: Cluster, host: Host) -> tuple[str, ...]:

@@ -10,15 +10,15 @@ from kubeha.plan.errors import (
     ClusterLocked, ClusterLockLost, EngineRefused, JournalError, OperationInterrupted, OperationLocked, PlanError, RollbackStopped, StepFailed,
     StepNotVerified,
 )
-from kubeha.plan.journal import Journal, RunAction, RunOutcome, RunRecord, StepOutcome, StepRecord, default_journal_path
-from kubeha.plan.kinds import Registry, SafetyCheck, StepContext, StepKind, ViewFactory
+from kubeha.plan.journal import Journal, ProbeRun, RunAction, RunOutcome, RunRecord, StepOutcome, StepRecord, default_journal_path
+from kubeha.plan.kinds import Registry, SafetyCheck, StepContext, StepKind, StepSafetyCheck, ViewFactory, step_backup_set
 from kubeha.plan.model import Change, ChangeKind, Plan, Step, inventory_digest, new_operation_id
 from kubeha.plan.render import plan_json, plan_markdown, plan_text
 
 __all__ = [
     "Change", "ChangeKind", "ClusterLockLost", "ClusterLocked", "EngineRefused", "Journal", "JournalError", "OperationInterrupted", "OperationLocked",
-    "Plan", "PlanError", "Progress", "ProgressCallback", "Registry", "RollbackStopped", "RunAction", "RunOutcome",
+    "Plan", "PlanError", "ProbeRun", "Progress", "ProgressCallback", "Registry", "RollbackStopped", "RunAction", "RunOutcome",
     "RunRecord", "RunResult", "SafetyCheck", "Step", "StepContext", "StepFailed", "StepKind", "StepNotVerified",
-    "StepOutcome", "StepRecord", "ViewFactory", "apply", "default_journal_path", "inventory_digest",
-    "new_operation_id", "plan_json", "plan_markdown", "plan_text", "resume", "rollback", "steps_to_undo",
+    "StepOutcome", "StepRecord", "StepSafetyCheck", "ViewFactory", "apply", "default_journal_path", "inventory_digest",
+    "new_operation_id", "plan_json", "plan_markdown", "plan_text", "resume", "rollback", "step_backup_set", "steps_to_undo",
 ]

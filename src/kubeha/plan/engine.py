@@ -292,7 +292,8 @@ class _Run:
         return self._framed(RunAction.ROLLBACK, self._rollback_steps)
 
     def _rollback_steps(self) -> RunOutcome:
-        todo = steps_to_undo(self.plan, self.journal.steps(self.op))
+        todo = [step for step in steps_to_undo(self.plan, self.journal.steps(self.op))
+                if not self.registry.kind(step.kind).nothing_to_undo]
         irreversible = [step.id for step in todo if not step.reversible]
         for step in todo:
             self._between_steps(step, "undoing")

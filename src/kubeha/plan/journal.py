@@ -1,11 +1,12 @@
 """The journal: a local SQLite file saying what each run of each operation did.
 
 Tables: ``operations`` (the plan JSON, once per operation id), ``runs`` (one row per
-apply, resume or rollback: when, by which process on which machine, how it ended) and
+apply, resume or rollback: when, by which process on which machine, how it ended),
 ``steps`` (one row per attempt at a step: started, finished, outcome, retries, a one-line
-message and where its backups are). Each write is one transaction, so a crash leaves the
-row as it was before or after, never half-written; an attempt still without an outcome is
-one a crash or a kill cut short.
+message and where its backups are) and ``probes`` (the availability probe's summary of a
+run, as JSON, and where its timeline file is). Each write is one transaction, so a crash
+leaves the row as it was before or after, never half-written; an attempt still without an
+outcome is one a crash or a kill cut short.
 
 The journal holds plan JSON (which refuses secrets) and redacted one-line messages, never
 file contents or credentials. The file is created 0600 in a 0700 directory.
@@ -23,11 +24,12 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from kubeha.plan.errors import JournalError, OperationLocked, PlanError
 from kubeha.plan.model import Plan
@@ -64,6 +66,12 @@ CREATE TABLE IF NOT EXISTS steps (
     message TEXT NOT NULL DEFAULT '',
     backups TEXT NOT NULL DEFAULT '[]',
     UNIQUE (operation_id, step_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS probes (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(run_id),
+    operation_id TEXT NOT NULL REFERENCES operations(operation_id),
+    summary_json TEXT NOT NULL,
+    timeline_path TEXT
 );
 """
 
@@ -118,6 +126,16 @@ class StepRecord:
     retries: int
     message: str
     backups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """The availability probe's summary of one run (a JSON object) and its timeline file."""
+
+    run_id: int
+    operation_id: str
+    summary: dict[str, Any]
+    timeline_path: str | None
 
 
 def default_journal_path() -> Path:
@@ -265,4 +283,22 @@ class Journal:
                        StepOutcome(row["outcome"]) if row["outcome"] else None, row["retries"],
                        row["message"], tuple(json.loads(row["backups"])))
             for row in self._read("SELECT * FROM steps WHERE operation_id = ? ORDER BY record_id", operation_id)
+        ]
+
+    def record_probe(self, run_id: int, operation_id: str, summary: Mapping[str, Any],
+                     timeline_path: Path | str | None = None) -> None:
+        """Store the probe's summary of run ``run_id`` (a JSON object; once per run)."""
+        try:
+            text = json.dumps(dict(summary), sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise JournalError(f"the probe summary of run {run_id} is not JSON: {e}") from e
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO probes VALUES (?, ?, ?, ?)",
+                       (run_id, operation_id, text, str(timeline_path) if timeline_path is not None else None))
+
+    def probes(self, operation_id: str) -> list[ProbeRun]:
+        """The probe summaries of the operation's runs, oldest run first."""
+        return [
+            ProbeRun(row["run_id"], row["operation_id"], json.loads(row["summary_json"]), row["timeline_path"])
+            for row in self._read("SELECT * FROM probes WHERE operation_id = ? ORDER BY run_id", operation_id)
         ]

@@ -19,8 +19,10 @@ from kubeha.hosts import BackupSet
 from kubeha.plan.errors import PlanError
 from kubeha.plan.model import Plan, Step
 
-# A safety check says why a step must not run now, or None when it may.
+# A safety check says why a step must not run now, or None when it may: from the view
+# alone, or (registered with ``step_check``) from the view and the step it guards.
 SafetyCheck = Callable[[Any], "str | None"]
+StepSafetyCheck = Callable[[Any, Step], "str | None"]
 ViewFactory = Callable[[], Any]
 
 
@@ -44,10 +46,19 @@ class StepContext:
         """The operation's backup set: one directory per host for every step of the operation."""
         return BackupSet(self.plan.operation_id)
 
+    @property
+    def step_backup_set(self) -> BackupSet:
+        """This step's own backup set, so that its rollback restores only what it changed."""
+        return step_backup_set(self.plan, self.step.id)
+
     def took_backup(self, host: str, backup: BackupSet | None = None) -> None:
         where = f"{host}:{(backup or self.backup_set).directory}"
         if where not in self.backups:
             self.backups.append(where)
+
+
+def step_backup_set(plan: Plan, step_id: str) -> BackupSet:
+    return BackupSet(f"{plan.operation_id}.{step_id}")
 
 
 class StepKind(ABC):
@@ -61,6 +72,9 @@ class StepKind(ABC):
     retryable: ClassVar[tuple[type[Exception], ...]] = ()
     retry_budget: ClassVar[int] = 0
     retry_delay_seconds: ClassVar[float] = 1.0
+    # a step that changes nothing a rollback should take back (a snapshot, a leadership
+    # move): `kubeha rollback` passes over it
+    nothing_to_undo: ClassVar[bool] = False
 
     def precheck(self, ctx: StepContext) -> list[str]:
         """Reasons, beyond the plan's named safety checks, not to run this step now."""
@@ -85,7 +99,7 @@ class StepKind(ABC):
 class Registry:
     def __init__(self) -> None:
         self._kinds: dict[str, StepKind] = {}
-        self._checks: dict[str, SafetyCheck] = {}
+        self._checks: dict[str, StepSafetyCheck] = {}
 
     def add_kind(self, kind: StepKind) -> StepKind:
         if kind.name in self._kinds:
@@ -94,15 +108,28 @@ class Registry:
         return kind
 
     def check(self, name: str) -> Callable[[SafetyCheck], SafetyCheck]:
-        """Decorator registering a safety check under ``name``."""
+        """Decorator registering a safety check ``(view) -> reason | None`` under ``name``."""
 
         def register(check: SafetyCheck) -> SafetyCheck:
-            if name in self._checks:
-                raise ValueError(f"safety check {name!r} is registered twice")
-            self._checks[name] = check
+            self._add_check(name, lambda view, step: check(view))
             return check
 
         return register
+
+    def step_check(self, name: str) -> Callable[[StepSafetyCheck], StepSafetyCheck]:
+        """Decorator registering a check ``(view, step) -> reason | None`` that judges the
+        step it guards (its host, its member) under ``name``."""
+
+        def register(check: StepSafetyCheck) -> StepSafetyCheck:
+            self._add_check(name, check)
+            return check
+
+        return register
+
+    def _add_check(self, name: str, check: StepSafetyCheck) -> None:
+        if name in self._checks:
+            raise ValueError(f"safety check {name!r} is registered twice")
+        self._checks[name] = check
 
     def kind(self, name: str) -> StepKind:
         return self._kinds[name]
@@ -113,7 +140,7 @@ class Registry:
         A check that raises cannot vouch for safety, so its error counts as a reason.
         """
         judges: list[tuple[str, Callable[[], list[str]]]] = [
-            (name, lambda check=self._checks[name]: [r for r in [check(ctx.view)] if r])
+            (name, lambda check=self._checks[name]: [r for r in [check(ctx.view, step)] if r])
             for name in step.safety_checks]
         judges.append((f"{kind.name} precheck", lambda: kind.precheck(ctx)))
         reasons = []

@@ -289,10 +289,14 @@ def _component_file(cluster: Cluster, c: _Component, flags: Flags) -> RenderedFi
 
 
 def render_etcd(
-    cluster: Cluster, host: Host, *, initial_cluster_state: str = "new", initial_cluster: str | None = None
+    cluster: Cluster, host: Host, *, initial_cluster_state: str = "new", initial_cluster: str | None = None,
+    as_unit: bool = False,
 ) -> RenderedFile:
     """etcd member ``host``: ``etcd.yaml`` static pod (kubeadm) or ``etcd.service`` (kubeasz,
-    Type=notify, restarted after 15 s). Flags from ``etcd_flags``."""
+    Type=notify, restarted after 15 s). Flags from ``etcd_flags``.
+
+    ``as_unit`` renders ``etcd.service`` whatever the layout: for a host whose kubelet runs
+    no static pods (a kubeadm host that is no master), with the layout's own paths."""
     p = cluster.paths
     c = _Component(
         name="etcd",
@@ -310,6 +314,8 @@ def render_etcd(
         annotations={"kubeadm.kubernetes.io/etcd.advertise-client-urls": f"https://{host.address}:{ETCD_CLIENT_PORT}"},
     )
     flags = etcd_flags(cluster, host, initial_cluster_state=initial_cluster_state, initial_cluster=initial_cluster)
+    if as_unit:
+        return _unit(cluster, c.name, c.description, c.binary, _flag_list(flags), c.service, c.documentation)
     return _component_file(cluster, c, flags)
 
 

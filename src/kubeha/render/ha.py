@@ -5,7 +5,7 @@ Pure: model objects in, configuration text out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from ipaddress import IPv4Address
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -144,7 +144,8 @@ def render_keepalived_conf(
 
 
 def render_node_proxy_conf(
-    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None
+    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None, *,
+    down: Collection[str] = (),
 ) -> str:
     """nginx.conf of the node-local proxy: ``127.0.0.1:<node-local port>`` to every apiserver.
 
@@ -152,12 +153,15 @@ def render_node_proxy_conf(
     (``nginx -g 'daemon on; master_process on;'``, pid /run/nginx.pid). New connections go
     to the least busy apiserver; a failed connect is retried on the next one, and a server
     that failed is skipped for ``fail_timeout``. ``backends`` as for ``render_haproxy_cfg``.
+    Servers named in ``down`` are marked ``down``: out of rotation (an apiserver about to
+    restart, see ``kubeha.lb.drain``).
     """
     return render_template(
         "nginx.conf.j2",
         cluster_name=cluster.name,
         port=cluster.node_local_port,
         backends=_backends(cluster, backends),
+        down=frozenset(down),
         # one failed connect is evidence enough (the next server is tried anyway); 5 s
         # away lets a restarted apiserver back soon
         max_fails=1,

@@ -1,0 +1,756 @@
+"""`kubeha plan|apply|resume|rollback|journal` and `kubeha etcd ...`: the operation engine's CLI.
+
+Thin commands: an operation (``kubeha.operations.operation``) makes the plan, the engine
+(``kubeha.plan``) carries it out, and this module frames a run: it checks the inventory is
+the plan's, asks for confirmation, holds the cluster lock, runs the availability probe
+beside the engine, shows live progress, and stores the probe's summary in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from kubeha.access import ClusterAccess
+from kubeha.cli.probe import summary_table
+from kubeha.errors import InputError, KubehaError
+from kubeha.inventory import Inventory, load_inventory
+from kubeha.operations import Operation, operation
+from kubeha.plan import (
+    Journal, JournalError, Plan, PlanError, Progress, RunAction, RunRecord, RunResult, StepOutcome,
+    StepRecord, default_journal_path, engine, inventory_digest, plan_json, plan_markdown, plan_text, steps_to_undo,
+)
+from kubeha.plan.cluster_lock import cluster_lock_for
+from kubeha.plan.model import OPERATION_ID_PATTERN
+from kubeha.probe import EtcdWritesSummary, PathSummary, Probe, ProbeRecord, ProbeSummary, new_run_id
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+plan_app = typer.Typer(help="Make a plan: look at the cluster, decide every step, change nothing. "
+                            "Prints the plan and saves it for `kubeha apply`.", no_args_is_help=True)
+plan_etcd_app = typer.Typer(help="Plan a change of the etcd members.", no_args_is_help=True)
+plan_app.add_typer(plan_etcd_app, name="etcd")
+etcd_app = typer.Typer(help="Change the etcd members without downtime: plan, show, confirm and apply "
+                            "in one go (`kubeha plan etcd ...` then `kubeha apply` does the same in two).",
+                       no_args_is_help=True)
+
+
+class PlanFormat(str, Enum):
+    TEXT = "text"
+    MARKDOWN = "markdown"
+    JSON = "json"
+
+
+InventoryOption = Annotated[Path, typer.Option("-i", "--inventory", help="The cluster's cluster.yaml.")]
+JournalOption = Annotated[Path | None, typer.Option(
+    "--journal", help="The journal (SQLite) file; default $XDG_STATE_HOME/kubeha/journal.sqlite, "
+                      "i.e. ~/.local/state/kubeha/journal.sqlite. Saved plans and probe timelines go "
+                      "beside it.")]
+FormatOption = Annotated[PlanFormat, typer.Option("--format", help="How to print the plan: text, markdown "
+                                                  "(a runbook for a change ticket) or json.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for plans: the same as --format json).")]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Save the plan JSON here (0600); default "
+                                                "<journal dir>/plans/<operation id>.json.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+NoProbeOption = Annotated[bool, typer.Option("--no-probe", help="Do not run the availability probe (API "
+                                             "reads through the VIP, each LB and node-local proxy, and "
+                                             "etcd writes) beside the run.")]
+
+# what the engine says when a run stops early: printed as it is (it names the next command)
+_OUTCOME_EVENTS = {o.value for o in StepOutcome}
+_MARKS = {"done": "[green]✓[/]", "skipped-already-done": "[dim]=[/]", "refused": "[red]✗[/]",
+          "rolled-back": "[yellow]↶[/]", "failed": "[red]✗[/]", "interrupted": "[yellow]![/]"}
+
+
+# ---- helpers shared by the commands ------------------------------------------------------------
+
+
+def journal_path_of(journal: Path | None) -> Path:
+    return journal if journal is not None else default_journal_path()
+
+
+def plans_dir(journal_path: Path) -> Path:
+    return journal_path.parent / "plans"
+
+
+def current_inventory_digest(inventory_path: Path) -> str:
+    """The digest of the inventory as operations take it when they make a plan: the file's text."""
+    try:
+        return inventory_digest(inventory_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{inventory_path}: cannot read it: {e}") from None
+
+
+def _private_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+
+
+def save_plan(plan: Plan, out_file: Path | None, journal_path: Path) -> Path:
+    """Write the plan JSON (0600): to ``out_file``, or ``<journal dir>/plans/<id>.json`` (dir 0700)."""
+    try:
+        if out_file is None:
+            _private_dir(plans_dir(journal_path))
+            path = plans_dir(journal_path) / f"{plan.operation_id}.json"
+        else:
+            path = out_file
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(plan_json(plan))
+    except OSError as e:
+        raise InputError(f"cannot save the plan to {out_file or plans_dir(journal_path)}: {e}") from None
+    return path
+
+
+def load_plan(reference: str, journal_path: Path) -> tuple[Plan, Path]:
+    """A plan from a file, or by the operation id of a plan `kubeha plan` saved beside the journal."""
+    path = Path(reference)
+    if not path.exists() and re.fullmatch(OPERATION_ID_PATTERN, reference):
+        saved = plans_dir(journal_path) / f"{reference}.json"
+        if saved.exists():
+            path = saved
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the plan {reference}: {e.strerror if isinstance(e, OSError) else e} "
+                         f"(give a plan file, or the id of a plan saved in {plans_dir(journal_path)})") from None
+    return Plan.from_json(text, f"plan file {path}"), path
+
+
+def print_plan(plan: Plan, fmt: PlanFormat) -> None:
+    render = {PlanFormat.TEXT: plan_text, PlanFormat.MARKDOWN: plan_markdown, PlanFormat.JSON: plan_json}[fmt]
+    typer.echo(render(plan), nl=False)
+
+
+def check_inventory(op: Operation, plan: Plan, inventory_path: Path) -> None:
+    if not op.inventory_matches(plan, current_inventory_digest(inventory_path)):
+        raise PlanError(f"the inventory {inventory_path} is not the one plan {plan.operation_id} was made "
+                        f"from (nor its result): it changed since; make a new plan")
+
+
+def confirm(question: str, yes: bool) -> None:
+    if not yes and not typer.confirm(question, default=False, err=True):
+        err.print("nothing was done")
+        raise typer.Exit(1)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{int(value // 60)} min {int(value % 60)} s"
+
+
+def _duration(started: datetime | None, finished: datetime | None) -> float | None:
+    return (finished - started).total_seconds() if started and finished else None
+
+
+def _short(iso: str | None) -> str:
+    """An ISO time from the journal, to the second, for a table."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else "-"
+
+
+# ---- making a plan -------------------------------------------------------------------------------
+
+
+def make_plan(operation_name: str, arguments: Mapping[str, str], inventory_path: Path) -> tuple[Plan, Inventory]:
+    op = operation(operation_name)
+    inventory = load_inventory(inventory_path)
+    with ClusterAccess(inventory) as access:
+        plan = op.make_plan(access, inventory, inventory_path, dict(arguments))
+    op.registry.validate(plan)
+    return plan, inventory
+
+
+def plan_command(operation_name: str, arguments: Mapping[str, str], inventory_path: Path,
+                 journal: Path | None, fmt: PlanFormat, json_output: bool, out_file: Path | None) -> None:
+    journal_path = journal_path_of(journal)
+    plan, _ = make_plan(operation_name, arguments, inventory_path)
+    fmt = PlanFormat.JSON if json_output else fmt
+    print_plan(plan, fmt)
+    saved = save_plan(plan, out_file, journal_path)
+    # with JSON on stdout, the notes go to stderr so stdout stays one JSON document
+    notes = err if fmt is PlanFormat.JSON else out
+    notes.print(f"plan saved to {saved}", soft_wrap=True)
+    notes.print(f"next: kubeha apply {saved}" + (f" --journal {journal}" if journal else ""), soft_wrap=True)
+
+
+# ---- running: apply, resume, rollback -------------------------------------------------------------
+
+
+class ProbeCounters:
+    """Live counters from the probe's records, taken in as they grow: requests (first
+    attempts), failures (first attempts that failed) and the longest time a path went
+    without a success (an ongoing gap included)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.requests = 0
+        self.failures = 0
+        self._seen = 0
+        self._gap = 0.0
+        self._last_ok: dict[str, float] = {}
+
+    def update(self, records: Sequence[ProbeRecord]) -> None:
+        for record in records[self._seen:]:
+            if not record.retry:
+                self.requests += 1
+                self.failures += not record.ok
+            last = self._last_ok.setdefault(record.path, self.started)
+            if record.ok:
+                self._gap = max(self._gap, record.done - last)
+                self._last_ok[record.path] = max(last, record.done)
+        self._seen = len(records)
+
+    def longest_gap(self, now: float) -> float:
+        return max([self._gap, *(now - last for last in self._last_ok.values())])
+
+
+class RunDisplay:
+    """Progress of a run: a live status line on a terminal (step i/N, event, elapsed, probe
+    counters), and one printed line per step outcome everywhere."""
+
+    def __init__(self, plan: Plan, action: RunAction, prober: Probe | None) -> None:
+        self.plan = plan
+        self.action = action
+        self.prober = prober
+        self.started = time.monotonic()
+        self.current: Progress | None = None
+        self.counters = ProbeCounters(time.time())
+        self.live = (Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
+                     if out.is_terminal else None)
+
+    def __enter__(self) -> RunDisplay:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def progress(self, progress: Progress) -> None:
+        self.current = progress
+        step = progress.step
+        if step is None:
+            return
+        where = Text(f"[{progress.index}/{progress.total}] {step.id}: {step.title}")
+        if progress.event in _OUTCOME_EVENTS or progress.event in ("retrying", "stopping"):
+            mark = Text.from_markup(_MARKS.get(progress.event, "·"))
+            line = Text.assemble(mark, " ", where, f" - {progress.event}",
+                                 f": {progress.message}" if progress.message else "")
+            out.print(line, soft_wrap=True)
+
+    def probe_line(self) -> Text:
+        if self.prober is None:
+            return Text("probe: off", style="dim")
+        self.counters.update(self.prober.records)
+        c = self.counters
+        return Text(f"probe: {c.requests} requests, {c.failures} failed, longest gap "
+                    f"{c.longest_gap(time.time()) * 1000:.0f} ms", style="red" if c.failures else "dim")
+
+    def render(self) -> Group:
+        p = self.current
+        elapsed = _seconds(time.monotonic() - self.started)
+        if p is None or p.step is None:
+            status = Text(f"{self.action.value} {self.plan.operation_id}: starting ({elapsed})")
+        else:
+            status = Text(f"{self.action.value} {self.plan.operation_id}: step {p.index}/{p.total} "
+                          f"{p.step.title}: {p.event} ({elapsed})")
+        return Group(status, self.probe_line())
+
+
+def _last_run_id(journal: Journal, operation_id: str) -> int:
+    runs = journal.runs(operation_id)
+    return runs[-1].run_id if runs else 0
+
+
+def _probe_json(summary: ProbeSummary, targets: Mapping[str, str]) -> dict[str, Any]:
+    return {**summary.as_json(), "healthy": summary.healthy, "targets": dict(targets)}
+
+
+def probe_summary_from_json(data: Mapping[str, Any]) -> tuple[ProbeSummary, dict[str, str]]:
+    """A stored probe summary (``journal.probes``) back as a ProbeSummary and its path targets."""
+    etcd = data.get("etcd")
+    return (ProbeSummary(
+        started=data["started"], ended=data["ended"],
+        paths=tuple(PathSummary(**p) for p in data["paths"]),
+        etcd=EtcdWritesSummary(etcd["writes"], etcd["acknowledged"],
+                               None if etcd["lost"] is None else tuple(etcd["lost"])) if etcd else None),
+        dict(data.get("targets", {})))
+
+
+def print_probe_summary(summary: ProbeSummary, targets: Mapping[str, str]) -> None:
+    out.print(summary_table(summary, dict(targets)))
+    if summary.etcd is not None:
+        e = summary.etcd
+        lost = "not checked: etcd could not be read back" if e.lost is None else str(len(e.lost))
+        out.print(f"etcd writes: {e.writes}, acknowledged {e.acknowledged}, lost {lost}"
+                  + (f" (numbers {', '.join(map(str, e.lost[:20]))})" if e.lost else ""))
+
+
+def _finish_probe(prober: Probe, journal: Journal, operation_id: str, run_id: int | None) -> None:
+    """Stop the probe; name its timeline after the journal's run, store and print its summary."""
+    summary = prober.stop()
+    targets = {p.name: p.target for p in prober.paths}
+    timeline = prober.timeline
+    if run_id is not None and timeline is not None and timeline.exists():
+        named = timeline.with_name(f"run-{run_id}.jsonl")
+        timeline.rename(named)
+        timeline = named
+    if run_id is not None:
+        journal.record_probe(run_id, operation_id, _probe_json(summary, targets), timeline)
+    print_probe_summary(summary, targets)
+    if timeline is not None:
+        out.print(f"probe timeline: {timeline}", soft_wrap=True)
+    if not summary.healthy:
+        out.print("[yellow]the probe saw requests fail even after a retry, or lost etcd writes[/]")
+
+
+def _result_line(result: RunResult, elapsed: float) -> str:
+    counts: dict[str, int] = {}
+    for outcome in result.steps.values():
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+    said = ", ".join(f"{n} {'already done' if o == 'skipped-already-done' else o}" for o, n in counts.items())
+    return f"{result.operation_id}: {result.outcome.value} ({said or 'no step'}) in {_seconds(elapsed)}"
+
+
+def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inventory, journal: Journal, *,
+                  probe: bool) -> RunResult:
+    """One engine run of ``plan`` with the cluster lock, live progress and (unless ``probe`` is
+    false) the probe; a run the engine stops early is said (its message names the next
+    command) and exits 1."""
+    operation_id = plan.operation_id
+    before = _last_run_id(journal, operation_id)
+    started = time.monotonic()
+    stopped: KubehaError | None = None
+    result: RunResult | None = None
+    with ClusterAccess(inventory, etcd_endpoints=op.etcd_endpoints(plan, inventory)) as access:
+        prober = None
+        if probe:
+            probes = journal.path.parent / "probes" / operation_id
+            _private_dir(probes)
+            probe_id = new_run_id()
+            prober = Probe(access, node_proxies=True, etcd_writes=True, run_id=probe_id,
+                           timeline=probes / f"probe-{probe_id}.jsonl")
+            prober.start()
+        display = RunDisplay(plan, action, prober)
+        hooks: dict[str, Any] = {"cluster": access, "cluster_lock": cluster_lock_for(access),
+                                 "on_progress": display.progress}
+        try:
+            with display:
+                view_factory = op.view_factory(access, plan)
+                if action is RunAction.APPLY:
+                    result = engine.apply(plan, op.registry, view_factory, journal, inventory_digest=None, **hooks)
+                elif action is RunAction.RESUME:
+                    result = engine.resume(operation_id, op.registry, view_factory, journal,
+                                           inventory_digest=None, **hooks)
+                else:
+                    result = engine.rollback(operation_id, op.registry, view_factory, journal, **hooks)
+        except KubehaError as e:
+            stopped = e
+        finally:
+            if prober is not None:
+                newer = [r.run_id for r in journal.runs(operation_id) if r.run_id > before]
+                _finish_probe(prober, journal, operation_id, newer[-1] if newer else None)
+    if stopped is not None:
+        err.print(Text.assemble(Text("error:", style="red"), f" {stopped}"), soft_wrap=True)
+        raise typer.Exit(1)
+    assert result is not None
+    out.print(_result_line(result, time.monotonic() - started), soft_wrap=True)
+    out.print(f"the journal: kubeha journal {operation_id}")
+    return result
+
+
+def _open_journal(journal_path: Path) -> Journal:
+    return Journal(journal_path)
+
+
+def apply_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, yes: bool, no_probe: bool,
+               shown: bool = False) -> None:
+    op = operation(plan.operation)
+    op.registry.validate(plan)
+    check_inventory(op, plan, inventory_path)
+    inventory = load_inventory(inventory_path)
+    if not shown:
+        typer.echo(plan_text(plan), nl=False)
+    confirm(f"apply plan {plan.operation_id} ({len(plan.steps)} steps) to cluster {inventory.cluster.name}?", yes)
+    with _open_journal(journal_path) as journal:
+        run_operation(RunAction.APPLY, plan, op, inventory, journal, probe=not no_probe)
+
+
+def _journaled(operation_id: str, journal: Journal, inventory_path: Path) -> tuple[Plan, Operation, Inventory]:
+    plan = journal.plan(operation_id)
+    op = operation(plan.operation)
+    check_inventory(op, plan, inventory_path)
+    return plan, op, load_inventory(inventory_path)
+
+
+def _last_run_line(runs: Sequence[RunRecord]) -> str:
+    if not runs:
+        return "never run"
+    last = runs[-1]
+    outcome = last.outcome.value if last.outcome else "no outcome (still running, or the process died)"
+    return f"last run {last.run_id}: {last.action.value} {outcome}" + (f": {last.message}" if last.message else "")
+
+
+# ---- the commands ------------------------------------------------------------------------------
+
+
+def apply(
+    plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="A plan file from `kubeha plan`, or the "
+                                             "operation id of a plan it saved beside the journal.")],
+    inventory: InventoryOption = Path("cluster.yaml"),
+    journal: JournalOption = None,
+    yes: YesOption = False,
+    no_probe: NoProbeOption = False,
+) -> None:
+    """Carry out a plan: check, run, verify and journal each step, with the probe beside it.
+
+    Before each step a fresh look at the cluster decides whether it is already done
+    (skipped) or safe (its safety checks; any reason refuses the step, every reason listed,
+    nothing of it done); each step is verified, and rolled back when it fails. Every
+    attempt is journaled. Holds the cluster lock in etcd for the run.
+
+    Beside the run the availability probe reads the API through the VIP, each LB and each
+    node-local proxy and writes numbered etcd keys; its summary is printed at the end and
+    stored in the journal. The inventory must be the one the plan was made from.
+
+    Exit status: 0 done; 1 refused, failed, interrupted or not confirmed (the message says
+    what to run next: `kubeha resume <id>` or `kubeha rollback <id>`).
+
+    Examples:
+
+      kubeha apply ~/.local/state/kubeha/plans/etcd-migrate-20240501-101500-3fa2.json -i cluster.yaml
+
+      kubeha apply etcd-migrate-20240501-101500-3fa2 --yes --no-probe
+    """
+    journal_path = journal_path_of(journal)
+    plan, _ = load_plan(plan_file, journal_path)
+    apply_plan(plan, inventory, journal_path, yes=yes, no_probe=no_probe)
+
+
+def resume(
+    operation_id: Annotated[str, typer.Argument(help="The operation to go on with (see `kubeha journal`).")],
+    inventory: InventoryOption = Path("cluster.yaml"),
+    journal: JournalOption = None,
+    yes: YesOption = False,
+    no_probe: NoProbeOption = False,
+) -> None:
+    """Go on with a journaled operation after a stop; steps already done are skipped.
+
+    After a refusal, a failure, Ctrl-C or a crash: the plan comes from the journal and runs
+    again from its first step; steps the cluster shows done are skipped (recognised on the
+    cluster, not trusted from the journal), the rest are checked and run as by
+    `kubeha apply`, with the probe.
+
+    Examples:
+
+      kubeha resume etcd-migrate-20240501-101500-3fa2 -i cluster.yaml
+
+      kubeha resume etcd-migrate-20240501-101500-3fa2 --yes
+    """
+    journal_path = journal_path_of(journal)
+    with _open_journal(journal_path) as opened:
+        plan, op, loaded = _journaled(operation_id, opened, inventory)
+        typer.echo(plan_text(plan), nl=False)
+        out.print(f"{operation_id}: {_last_run_line(opened.runs(operation_id))}", soft_wrap=True)
+        confirm(f"resume {operation_id} on cluster {loaded.cluster.name}?", yes)
+        run_operation(RunAction.RESUME, plan, op, loaded, opened, probe=not no_probe)
+
+
+def rollback(
+    operation_id: Annotated[str, typer.Argument(help="The operation to undo (see `kubeha journal`).")],
+    inventory: InventoryOption = Path("cluster.yaml"),
+    journal: JournalOption = None,
+    yes: YesOption = False,
+    no_probe: NoProbeOption = False,
+) -> None:
+    """Undo the steps of a journaled operation that kubeha changed, newest first.
+
+    Every step kubeha changed and has not undone yet is undone. Steps found already done
+    (someone else's) are left alone; a step that cannot be undone stops the rollback
+    before it, naming what to do by hand. Runs the probe as `kubeha apply` does.
+
+    Examples:
+
+      kubeha rollback etcd-migrate-20240501-101500-3fa2 -i cluster.yaml
+
+      kubeha rollback etcd-migrate-20240501-101500-3fa2 --yes --no-probe
+    """
+    journal_path = journal_path_of(journal)
+    with _open_journal(journal_path) as opened:
+        plan, op, loaded = _journaled(operation_id, opened, inventory)
+        todo = [step for step in steps_to_undo(plan, opened.steps(operation_id))
+                if not getattr(op.registry.kind(step.kind), "nothing_to_undo", False)]
+        if not todo:
+            out.print(f"{operation_id}: nothing to undo (no step kubeha changed is left un-undone)", soft_wrap=True)
+            return
+        out.print(f"{operation_id}: undo, newest first:", soft_wrap=True)
+        for step in todo:
+            undo = step.rollback or "-"
+            out.print(Text(f"  {step.id}: {step.title}; "
+                           f"{undo if step.reversible else 'NOT REVERSIBLE: ' + undo}"), soft_wrap=True)
+        confirm(f"roll back {len(todo)} steps of {operation_id} on cluster {loaded.cluster.name}?", yes)
+        run_operation(RunAction.ROLLBACK, plan, op, loaded, opened, probe=not no_probe)
+
+
+def _run_json(run: RunRecord) -> dict[str, Any]:
+    return {"run_id": run.run_id, "action": run.action.value, "started": run.started.isoformat(),
+            "finished": run.finished.isoformat() if run.finished else None,
+            "outcome": run.outcome.value if run.outcome else None, "message": run.message,
+            "pid": run.pid, "operator_host": run.operator_host}
+
+
+def _step_json(step: StepRecord) -> dict[str, Any]:
+    return {"run_id": step.run_id, "step_id": step.step_id, "attempt": step.attempt,
+            "started": step.started.isoformat(), "finished": step.finished.isoformat() if step.finished else None,
+            "outcome": step.outcome.value if step.outcome else None, "retries": step.retries,
+            "duration_seconds": _duration(step.started, step.finished), "message": step.message,
+            "backups": list(step.backups)}
+
+
+def journal_list(journal_path: Path) -> list[dict[str, Any]]:
+    """One entry per journaled operation, oldest first."""
+    if not journal_path.exists():
+        return []
+    with Journal(journal_path) as opened:
+        listed = []
+        for operation_id in opened.operation_ids():
+            plan = opened.plan(operation_id)
+            runs = opened.runs(operation_id)
+            listed.append({"operation_id": operation_id, "operation": plan.operation,
+                           "arguments": plan.arguments, "created": plan.created.isoformat(),
+                           "last_run": _run_json(runs[-1]) if runs else None})
+        return listed
+
+
+def journal_detail(journal_path: Path, operation_id: str) -> dict[str, Any]:
+    """An operation's plan header, runs, step attempts and stored probe summaries."""
+    if not journal_path.exists():
+        raise JournalError(f"the journal {journal_path} does not exist yet: no operation has run")
+    with Journal(journal_path) as opened:
+        plan = opened.plan(operation_id)
+        return {"operation_id": operation_id, "operation": plan.operation, "arguments": plan.arguments,
+                "created": plan.created.isoformat(), "inventory_digest": plan.inventory_digest,
+                "steps_planned": [{"id": s.id, "title": s.title, "kind": s.kind} for s in plan.steps],
+                "runs": [_run_json(run) for run in opened.runs(operation_id)],
+                "attempts": [_step_json(step) for step in opened.steps(operation_id)],
+                "probes": [{"run_id": p.run_id, "summary": p.summary, "timeline_path": p.timeline_path}
+                           for p in opened.probes(operation_id)]}
+
+
+def _print_journal_list(listed: list[dict[str, Any]], journal_path: Path) -> None:
+    if not listed:
+        out.print(f"no operations in the journal {journal_path}", soft_wrap=True)
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("operation id", no_wrap=True)
+    for column in ("operation", "created", "last run"):
+        table.add_column(column, overflow="fold")
+    for entry in listed:
+        last = entry["last_run"]
+        said = "never run" if last is None else (
+            f"{last['action']} {last['outcome'] or 'no outcome (running, or the process died)'}"
+            + (f" {_short(last['finished'])}" if last["finished"] else ""))
+        arguments = " ".join(f"{k}={v}" for k, v in sorted(entry["arguments"].items()))
+        table.add_row(entry["operation_id"], f"{entry['operation']} {arguments}".strip(), _short(entry["created"]),
+                      said)
+    out.print(table)
+
+
+def _print_journal_detail(detail: dict[str, Any]) -> None:
+    arguments = " ".join(f"{k}={v}" for k, v in sorted(detail["arguments"].items()))
+    out.print(Text(f"{detail['operation_id']}: {detail['operation']} {arguments}".rstrip()
+                   + f", created {_short(detail['created'])}, {len(detail['steps_planned'])} steps"), soft_wrap=True)
+    runs = Table(title="runs", show_edge=False, pad_edge=False, title_justify="left")
+    for column in ("run", "action", "started", "finished", "outcome", "message", "by"):
+        runs.add_column(column, overflow="fold")
+    for run in detail["runs"]:
+        runs.add_row(str(run["run_id"]), run["action"], _short(run["started"]), _short(run["finished"]),
+                     run["outcome"] or "no outcome", run["message"] or "", f"{run['operator_host']} pid {run['pid']}")
+    out.print(runs if detail["runs"] else "never run")
+    attempts = Table(title="step attempts", show_edge=False, pad_edge=False, title_justify="left")
+    for column in ("run", "step", "attempt", "outcome", "retries", "duration", "message", "backups"):
+        attempts.add_column(column, overflow="fold")
+    for a in detail["attempts"]:
+        took = "-" if a["duration_seconds"] is None else _seconds(a["duration_seconds"])
+        attempts.add_row(str(a["run_id"]), a["step_id"], str(a["attempt"]), a["outcome"] or "cut short",
+                         str(a["retries"]), took, a["message"], ", ".join(a["backups"]))
+    if detail["attempts"]:
+        out.print(attempts)
+    for stored in detail["probes"]:
+        summary, targets = probe_summary_from_json(stored["summary"])
+        out.print(f"probe of run {stored['run_id']}" + (f" (timeline {stored['timeline_path']})"
+                                                        if stored["timeline_path"] else ""))
+        print_probe_summary(summary, targets)
+
+
+def journal_command(
+    operation_id: Annotated[str | None, typer.Argument(help="Show this operation in detail; "
+                                                       "default: list every operation.")] = None,
+    journal: JournalOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show what kubeha did: every operation, or one operation's runs, steps and probes.
+
+    Without an operation id, one line per journaled operation (id, operation, created,
+    how its last run ended); with one, its runs, every attempt at each
+    step (outcome, retries, duration, message, where its backups are) and the probe's
+    summary of each run. Reads the local journal only.
+
+    Examples:
+
+      kubeha journal
+
+      kubeha journal etcd-migrate-20240501-101500-3fa2
+
+      kubeha journal etcd-migrate-20240501-101500-3fa2 --json | jq '.attempts[] | select(.outcome != "done")'
+    """
+    journal_path = journal_path_of(journal)
+    if operation_id is None:
+        listed = journal_list(journal_path)
+        if json_output:
+            typer.echo(json.dumps(listed, indent=2))
+        else:
+            _print_journal_list(listed, journal_path)
+        return
+    detail = journal_detail(journal_path, operation_id)
+    if json_output:
+        typer.echo(json.dumps(detail, indent=2))
+    else:
+        _print_journal_detail(detail)
+
+
+# ---- kubeha plan etcd ... and kubeha etcd ... ------------------------------------------------------
+
+ReplaceOption = Annotated[str, typer.Option("--replace", help="OLD=NEW[,OLD=NEW...]: each NEW host joins "
+                                            "etcd, then each OLD member leaves (host names of cluster.yaml).")]
+AddHost = Annotated[str, typer.Argument(metavar="HOST", help="The host (of cluster.yaml) that joins etcd; "
+                                        "several: HOST,HOST.")]
+RemoveHost = Annotated[str, typer.Argument(metavar="HOST", help="The etcd member's host that leaves; "
+                                           "several: HOST,HOST.")]
+
+
+@plan_etcd_app.command("migrate")
+def plan_etcd_migrate(replace: ReplaceOption, inventory: InventoryOption = Path("cluster.yaml"),
+                      journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
+                      json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+    """Plan moving etcd members to other hosts, one at a time, without losing quorum: each
+    new member joins (as a learner where etcd supports it), catches up and is promoted, the
+    apiservers are pointed at it, then the old member leaves. Changes nothing.
+
+    Examples:
+
+      kubeha plan etcd migrate --replace m1=s1,m2=s2 -i cluster.yaml
+
+      kubeha plan etcd migrate --replace m1=s1 --format markdown > change-ticket.md
+    """
+    plan_command("etcd-migrate", {"replace": replace}, inventory, journal, fmt, json_output, out_file)
+
+
+@plan_etcd_app.command("add")
+def plan_etcd_add(host: AddHost, inventory: InventoryOption = Path("cluster.yaml"),
+                  journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
+                  json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+    """Plan adding an etcd member on HOST. Changes nothing.
+
+    Examples:
+
+      kubeha plan etcd add s1 -i cluster.yaml
+
+      kubeha plan etcd add s1 --json --out /tmp/add-s1.json
+    """
+    plan_command("etcd-add", {"host": host}, inventory, journal, fmt, json_output, out_file)
+
+
+@plan_etcd_app.command("remove")
+def plan_etcd_remove(host: RemoveHost, inventory: InventoryOption = Path("cluster.yaml"),
+                     journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
+                     json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+    """Plan removing the etcd member on HOST (refused when the rest could not keep quorum).
+    Changes nothing.
+
+    Examples:
+
+      kubeha plan etcd remove m3 -i cluster.yaml
+
+      kubeha plan etcd remove m3 --format markdown
+    """
+    plan_command("etcd-remove", {"host": host}, inventory, journal, fmt, json_output, out_file)
+
+
+def run_now(operation_name: str, arguments: Mapping[str, str], inventory_path: Path, journal: Path | None,
+            fmt: PlanFormat, out_file: Path | None, yes: bool, no_probe: bool) -> None:
+    """Plan, show, save, confirm and apply in one go."""
+    journal_path = journal_path_of(journal)
+    plan, _ = make_plan(operation_name, arguments, inventory_path)
+    print_plan(plan, fmt)
+    out.print(f"plan saved to {save_plan(plan, out_file, journal_path)}", soft_wrap=True)
+    apply_plan(plan, inventory_path, journal_path, yes=yes, no_probe=no_probe, shown=True)
+
+
+@etcd_app.command("migrate")
+def etcd_migrate(replace: ReplaceOption, inventory: InventoryOption = Path("cluster.yaml"),
+                 journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None,
+                 yes: YesOption = False, no_probe: NoProbeOption = False) -> None:
+    """Move etcd members to other hosts without downtime: `kubeha plan etcd migrate`, then
+    (after you confirm) `kubeha apply` of that plan, with the probe.
+
+    Examples:
+
+      kubeha etcd migrate --replace m1=s1,m2=s2 -i cluster.yaml
+
+      kubeha etcd migrate --replace m3=s3 --yes
+    """
+    run_now("etcd-migrate", {"replace": replace}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
+@etcd_app.command("add")
+def etcd_add(host: AddHost, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+             fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None, yes: YesOption = False,
+             no_probe: NoProbeOption = False) -> None:
+    """Add an etcd member on HOST: plan, show, confirm, apply with the probe.
+
+    Examples:
+
+      kubeha etcd add s1 -i cluster.yaml
+
+      kubeha etcd add s1 --yes --no-probe
+    """
+    run_now("etcd-add", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
+@etcd_app.command("remove")
+def etcd_remove(host: RemoveHost, inventory: InventoryOption = Path("cluster.yaml"),
+                journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None,
+                yes: YesOption = False, no_probe: NoProbeOption = False) -> None:
+    """Remove the etcd member on HOST: plan, show, confirm, apply with the probe.
+
+    Examples:
+
+      kubeha etcd remove m3 -i cluster.yaml
+
+      kubeha etcd remove m3 --yes
+    """
+    run_now("etcd-remove", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
+__all__ = [
+    "PlanFormat", "ProbeCounters", "RunDisplay", "apply", "apply_plan", "current_inventory_digest", "etcd_app",
+    "journal_command", "journal_detail", "journal_list", "load_plan", "make_plan", "plan_app",
+    "probe_summary_from_json", "resume", "rollback", "run_operation", "save_plan",
+]

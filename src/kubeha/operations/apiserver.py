@@ -1,0 +1,124 @@
+"""Changing a flag of one apiserver without a failed request: out of every load balancer,
+edit its manifest or unit, wait for the new process to be ready, back in.
+
+The running process is found by the port it listens on (``ss``) and judged by its own
+command line (``/proc/<pid>/cmdline``), so "done" means the apiserver that serves runs with
+the flag, not only that a file says so; a kubelet that has not yet replaced a static pod
+is waited for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from pathlib import PurePosixPath
+
+from kubeha.access import ClusterAccess
+from kubeha.discover.configs import Flags, parse_flags
+from kubeha.discover.discover import component_command, component_file
+from kubeha.errors import KubehaError
+from kubeha.hosts import BackupSet
+from kubeha.hosts.facts import Fact
+from kubeha.lb.drain import backend_states, put_back, take_out
+from kubeha.model import Cluster, Host, Layout
+from kubeha.render.flags import replace_flag
+
+APISERVER = "kube-apiserver"
+RESTART_TIMEOUT = 90.0
+_POLL = 0.5
+
+
+class ApiserverNotRestarted(KubehaError):
+    """The apiserver did not come back with the new flags in time."""
+
+
+def parse_listener_cmdline(stdout: str) -> Flags | None:
+    """Flags of the process whose NUL-separated command line the fact printed; None when no
+    process listens."""
+    argv = [arg for arg in stdout.split("\0") if arg.strip()]
+    return parse_flags(argv) if argv else None
+
+
+def listener_flags(port: int) -> Fact[Flags | None]:
+    """The command-line flags of the process listening on TCP ``port``."""
+    command = (f"pid=$(ss -Hltnp 'sport = :{port}' | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2); "
+               '[ -n "$pid" ] && cat "/proc/$pid/cmdline" || true')
+    return Fact(f"flags of the process on port {port}", ["sh", "-c", command], parse_listener_cmdline)
+
+
+def running_flags(access: ClusterAccess, cluster: Cluster, host: Host) -> Flags | None:
+    return access.fact(host, listener_flags(cluster.apiserver_port))
+
+
+def file_flags(access: ClusterAccess, cluster: Cluster, host: Host) -> Flags | None:
+    path = component_file(cluster.layout, APISERVER)
+    text = access.get_file(host, path)
+    if text is None:
+        return None
+    return parse_flags(component_command(cluster.layout, text.decode(), f"{host.name}:{path}"))
+
+
+def write_flag(access: ClusterAccess, cluster: Cluster, host: Host, flag: str, value: str,
+               backup: BackupSet) -> PurePosixPath:
+    """Set ``--flag=value`` in the apiserver's manifest or unit (backed up first)."""
+    path = component_file(cluster.layout, APISERVER)
+    text = access.get_file(host, path)
+    if text is None:
+        raise KubehaError(f"{host.name} has no {path}: is it a master of this layout ({cluster.layout.value})?")
+    changed = replace_flag(text.decode(), flag, value, f"{host.name}:{path}")
+    access.put_file(host, path, changed.encode(), backup=backup)
+    return path
+
+
+def restart(access: ClusterAccess, cluster: Cluster, host: Host) -> None:
+    """Make the apiserver re-read its file: a unit is restarted; a static pod is replaced by
+    its kubelet when the manifest changes."""
+    if cluster.layout is Layout.KUBEASZ:
+        access.run(host, ["systemctl", "daemon-reload"], check=True)
+        access.run(host, ["systemctl", "restart", APISERVER], check=True)
+
+
+def wait_running_with(access: ClusterAccess, cluster: Cluster, host: Host, flag: str, value: str,
+                      timeout: float = RESTART_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        flags = running_flags(access, cluster, host)
+        if flags is not None and flags.get(flag) == value:
+            return
+        if time.monotonic() > deadline:
+            running = "no apiserver listens" if flags is None else f"it runs with --{flag}={flags.get(flag)}"
+            raise ApiserverNotRestarted(f"the apiserver on {host.name} did not restart with --{flag}={value} "
+                                        f"within {timeout:.0f} s ({running})")
+        time.sleep(_POLL)
+
+
+def change_flag(access: ClusterAccess, cluster: Cluster, host: Host, flag: str, value: str,
+                backup: BackupSet) -> None:
+    """The whole safe change: out of every LB, edit, restart, wait, back in when ready."""
+    take_out(access, cluster, host.name, backup)
+    flags = file_flags(access, cluster, host)
+    if flags is None or flags.get(flag) != value:
+        write_flag(access, cluster, host, flag, value, backup)
+        restart(access, cluster, host)
+    wait_running_with(access, cluster, host, flag, value)
+    put_back(access, cluster, host.name, backup)
+
+
+def restore_and_put_back(access: ClusterAccess, cluster: Cluster, host: Host, flag: str,
+                         backup: BackupSet) -> None:
+    """Undo ``change_flag``: the file as it was, the apiserver restarted on it, back in."""
+    take_out(access, cluster, host.name, backup)
+    access.restore(host, backup)
+    flags = file_flags(access, cluster, host) or {}
+    restart(access, cluster, host)
+    wait_running_with(access, cluster, host, flag, flags.get(flag, ""))
+    put_back(access, cluster, host.name, backup)
+
+
+def flag_in_effect(access: ClusterAccess, cluster: Cluster, host: Host, flag: str, values: Collection[str]) -> bool:
+    """The file and the running apiserver both have ``--flag`` set to one of ``values`` (the
+    same one) and it is back in every LB."""
+    file = (file_flags(access, cluster, host) or {}).get(flag)
+    running = (running_flags(access, cluster, host) or {}).get(flag)
+    return (file in values and running == file
+            and backend_states(access, cluster).in_everywhere(host.name))

@@ -1,0 +1,44 @@
+"""What every operation gives the CLI and the engine.
+
+An ``Operation`` turns the operator's arguments and a look at the cluster into a ``Plan``
+(pure planning over a snapshot; no host is changed), and knows the step kinds and safety
+checks its plans name (``registry``) and how to look at the cluster before each step
+(``view_factory``). The CLI finds an operation by ``Plan.operation`` to apply, resume or
+roll back a journaled plan.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+from kubeha.access import ClusterAccess
+from kubeha.inventory import Inventory
+from kubeha.plan import Plan, Registry, ViewFactory
+
+
+class Operation(ABC):
+    name: ClassVar[str]  # Plan.operation of its plans, e.g. "etcd-migrate"
+    registry: ClassVar[Registry]
+
+    @abstractmethod
+    def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
+                  arguments: Mapping[str, str]) -> Plan:
+        """The plan for ``arguments`` on the cluster as ``access`` sees it now; InputError or
+        PlanError (one line, every reason) when the operation would be unsafe or is impossible."""
+
+    @abstractmethod
+    def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
+        """A fresh look at the cluster, taken before each decision of the engine."""
+
+    def etcd_endpoints(self, plan: Plan, inventory: Inventory) -> tuple[str, ...]:
+        """Every etcd client URL the run may need (the cluster lock and the probe use them):
+        an operation that changes etcd members lists the members before and after."""
+        return inventory.cluster.etcd_client_urls()
+
+    def inventory_matches(self, plan: Plan, digest: str) -> bool:
+        """Whether the current inventory (``digest``) is one this plan can run on: the one it
+        was made from, or (for an operation that rewrites the inventory) its result."""
+        return digest == plan.inventory_digest

@@ -1,0 +1,192 @@
+"""A fresh look at the cluster for the safety checks of membership changes, and the checks.
+
+The engine asks for a new ``ClusterView`` before every decision. Its etcd part (members,
+each member's status, the leader) is read when the view is made; the load balancers and
+the VIP holders, which cost an SSH round to several hosts, are read the first time a
+check asks for them, so etcd-only steps do not pay for them. Checks are pure functions of
+the view and the step they guard; each returns a reason or None.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from kubeha.access import ClusterAccess
+from kubeha.errors import KubehaError
+from kubeha.etcd.gateway import EtcdClient, EtcdMember, EtcdStatus, member_label
+from kubeha.etcd.quorum import can_promote, can_remove, quorum
+from kubeha.hosts import HostConnection
+from kubeha.hosts.facts import IPV4_ADDRESSES, gather_fact, holds_address
+from kubeha.lb.drain import BackendStates, backend_states
+from kubeha.model import Cluster
+from kubeha.plan import Step
+
+STATUS_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class EtcdState:
+    members: tuple[EtcdMember, ...] = ()
+    statuses: Mapping[int, EtcdStatus | str] = field(default_factory=dict)  # member id -> status or why none
+    error: str | None = None  # etcd could not be read at all
+
+    @property
+    def leader_id(self) -> int:
+        leaders = [s.leader for s in self.statuses.values() if isinstance(s, EtcdStatus) and s.leader]
+        return max(set(leaders), key=leaders.count) if leaders else 0
+
+    def member(self, peer_url: str) -> EtcdMember | None:
+        return next((m for m in self.members if peer_url in m.peer_urls), None)
+
+    def healthy(self, member: EtcdMember) -> bool:
+        status = self.statuses.get(member.id)
+        return isinstance(status, EtcdStatus) and status.leader != 0
+
+    @property
+    def voters(self) -> list[EtcdMember]:
+        return [m for m in self.members if not m.is_learner]
+
+    @property
+    def healthy_ids(self) -> set[int]:
+        return {m.id for m in self.members if self.healthy(m)}
+
+    def progress(self, member: EtcdMember) -> float:
+        """The share of the leader's raft log ``member`` has (0.0 when either is unknown)."""
+        mine, leader = self.statuses.get(member.id), self.statuses.get(self.leader_id)
+        if not isinstance(mine, EtcdStatus) or not isinstance(leader, EtcdStatus) or not leader.raft_index:
+            return 0.0
+        return min(1.0, mine.raft_index / leader.raft_index)
+
+    def why_unhealthy(self, member: EtcdMember) -> str:
+        status = self.statuses.get(member.id)
+        return status if isinstance(status, str) else "knows no leader"
+
+
+def read_etcd_state(client: EtcdClient) -> EtcdState:
+    try:
+        members = client.member_list()
+    except KubehaError as e:
+        return EtcdState(error=str(e))
+    return EtcdState(tuple(members), client.statuses(members, STATUS_TIMEOUT))
+
+
+class ClusterView:
+    """One look at the cluster: etcd now, the load balancers and the VIP on first use."""
+
+    def __init__(self, cluster: Cluster, etcd: EtcdState, read_backends: Callable[[], BackendStates],
+                 read_vip_holders: Callable[[], tuple[str, ...]]) -> None:
+        self.cluster = cluster
+        self.etcd = etcd
+        self._read_backends = read_backends
+        self._read_vip_holders = read_vip_holders
+
+    @functools.cached_property
+    def backends(self) -> BackendStates:
+        return self._read_backends()
+
+    @functools.cached_property
+    def vip_holders(self) -> tuple[str, ...]:
+        return self._read_vip_holders()
+
+
+def vip_holders(access: ClusterAccess, cluster: Cluster) -> tuple[str, ...]:
+    """The LB hosts that hold the VIP now."""
+    if cluster.vip is None:
+        return ()
+    address = cluster.vip.address
+
+    async def holds(conn: HostConnection) -> bool:
+        return holds_address(await gather_fact(conn, IPV4_ADDRESSES), address)
+
+    outcomes = access.run_all(holds, cluster.lb_hosts)
+    return tuple(name for name, outcome in outcomes.items() if outcome.error is None and outcome.value)
+
+
+def cluster_view_factory(access: ClusterAccess, cluster: Cluster) -> Callable[[], ClusterView]:
+    """The engine's view factory: one etcd client for the run, a new look per call."""
+    client = access.etcd()
+    return lambda: ClusterView(cluster, read_etcd_state(client), lambda: backend_states(access, cluster),
+                               lambda: vip_holders(access, cluster))
+
+
+# ---- safety checks: (view, step) -> reason | None -------------------------------------------
+
+
+def _step_member(view: ClusterView, step: Step) -> EtcdMember | None:
+    return view.etcd.member(str(step.arguments.get("peer_url", "")))
+
+
+def etcd_healthy(view: ClusterView, step: Step) -> str | None:
+    state = view.etcd
+    if state.error:
+        return f"etcd cannot be read: {state.error}"
+    sick = [f"{member_label(m)} ({state.why_unhealthy(m)})" for m in state.voters if not state.healthy(m)]
+    if sick:
+        return f"voting member(s) not healthy: {'; '.join(sick)}"
+    if not state.leader_id:
+        return "etcd has no leader"
+    return None
+
+
+def no_other_learner(view: ClusterView, step: Step) -> str | None:
+    own = str(step.arguments.get("peer_url", ""))
+    others = [member_label(m) for m in view.etcd.members if m.is_learner and own not in m.peer_urls]
+    if others:
+        return f"learner {', '.join(others)} exists: etcd allows one learner at a time"
+    return None
+
+
+def caught_up(view: ClusterView, step: Step) -> str | None:
+    member = _step_member(view, step)
+    if member is None:
+        return f"{step.arguments.get('host')} is not in etcd's member list"
+    if not member.is_learner:
+        return None
+    return can_promote(view.etcd.progress(member))
+
+
+def not_leader(view: ClusterView, step: Step) -> str | None:
+    member = _step_member(view, step)
+    if member is not None and member.id == view.etcd.leader_id:
+        return f"{member_label(member)} is the leader: move leadership off it first"
+    return None
+
+
+def majority_after(view: ClusterView, step: Step) -> str | None:
+    """Enough healthy voters once the step is done: one more voter for an added voter, one
+    fewer for a removed one (etcd's own rule: can_remove), the same for a start."""
+    state = view.etcd
+    if state.error:
+        return f"etcd cannot be read: {state.error}"
+    voters, healthy = state.voters, state.healthy_ids
+    healthy_voters = sum(1 for m in voters if m.id in healthy)
+    if step.kind == "etcd-remove-member":
+        member = _step_member(view, step)
+        return None if member is None else can_remove(state.members, healthy, member.id, state.leader_id)
+    adding = step.kind == "etcd-add-member" and not step.arguments.get("learner", True)
+    total = len(voters) + adding
+    if healthy_voters < quorum(total):
+        return (f"{healthy_voters} healthy of {total} voters after the step, below the quorum of "
+                f"{quorum(total)}")
+    return None
+
+
+def lb_spare(view: ClusterView, step: Step) -> str | None:
+    """Each load balancer keeps a ready apiserver other than the step's host."""
+    if view.cluster.vip is None and not view.backends.node_proxies:
+        return None
+    host = str(step.arguments.get("host", ""))
+    bare = [lb for lb in view.backends.haproxy if not view.backends.ready_servers(lb) - {host}]
+    bare += [proxy for proxy, servers in view.backends.node_proxies.items()
+             if not [s for s, in_rotation in servers.items() if in_rotation and s != host]]
+    if bare:
+        return f"without {host}, no ready apiserver would remain behind {', '.join(sorted(bare))}"
+    return None
+
+
+def vip_held(view: ClusterView, step: Step) -> str | None:
+    if view.cluster.vip is not None and not view.vip_holders:
+        return f"no load balancer host holds the VIP {view.cluster.vip.address}"
+    return None
