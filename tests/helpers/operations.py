@@ -3,6 +3,9 @@ etcd member list at every step boundary (for "quorum never lost")."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +15,7 @@ from kubeha.etcd.quorum import quorum
 from kubeha.inventory import load_inventory, parse_inventory
 from kubeha.operations import operation
 from kubeha.operations.etcd_view import EtcdState, read_etcd_state
-from kubeha.plan import Journal, Plan, Progress, apply
+from kubeha.plan import Journal, Plan, Progress, StepOutcome, apply
 from kubeha.plan.cluster_lock import cluster_lock_for
 from kubeha.probe import Probe, ProbeSummary
 
@@ -136,3 +139,58 @@ def expected_fingerprint(plan: Plan, before: dict) -> dict:
         "etcd_runs_on": members,
         "inventory": inventory,
     }
+
+
+# ---- a kubeha process killed at a step boundary, then `kubeha resume` -----------------
+
+CLI = [sys.executable, "-m", "kubeha.cli"]
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _finished(journal_path: Path, operation_id: str, step_id: str) -> bool:
+    if not journal_path.exists():
+        return False
+    with Journal(journal_path) as journal:
+        return any(r.step_id == step_id and r.outcome in (StepOutcome.DONE, StepOutcome.SKIPPED_ALREADY_DONE)
+                   for r in journal.steps(operation_id))
+
+
+def apply_killed_at(plan_file: Path, operation_id: str, boundary: str, inventory: Path, journal: Path) -> bool:
+    """`kubeha apply` SIGKILLed as soon as the journal shows ``boundary`` finished; False if
+    the run ended first."""
+    process = subprocess.Popen([*CLI, "apply", str(plan_file), "--yes", "--no-probe", "-i", str(inventory),
+                                "--journal", str(journal)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while process.poll() is None:
+            if _finished(journal, operation_id, boundary):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def migrate_killed_and_resumed(lab, inventory: Path, tmp_path: Path, replace: str, boundary: str,
+                               expected_from: dict) -> dict:
+    """A migration by `kubeha apply`, SIGKILLed once ``boundary`` is done, finished by
+    `kubeha resume`; asserts the cluster ends as the plan says; returns its fingerprint."""
+    hosts = [h.name for h in lab.topology().hosts]
+    tmp_path.mkdir()
+    plan = make_plan(inventory, "etcd-migrate", {"replace": replace})
+    plan_file = tmp_path / f"{plan.operation_id}.json"
+    plan_file.write_text(plan.to_json())
+    journal = tmp_path / "journal.sqlite"
+    assert boundary in [s.id for s in plan.steps], [s.id for s in plan.steps]
+    assert apply_killed_at(plan_file, plan.operation_id, boundary, inventory, journal), f"the run ended before {boundary}"
+    resumed = _cli("resume", plan.operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = fingerprint(inventory, hosts)
+    assert after == expected_fingerprint(plan, expected_from), (boundary, after)
+    return after

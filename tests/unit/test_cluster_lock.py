@@ -68,10 +68,12 @@ def test_a_second_holder_is_refused_with_one_line_naming_the_first(client):
 
 
 HOLDER_SCRIPT = """
-import sys, time
+import socket, sys, time
 from kubeha.etcd.gateway import EtcdClient
 from kubeha.plan.cluster_lock import ClusterLock
-endpoint, ca, cert, key, operation_id, ttl = sys.argv[1:]
+endpoint, ca, cert, key, operation_id, ttl, machine = sys.argv[1:]
+if machine != "here":
+    socket.gethostname = lambda: machine
 with ClusterLock(EtcdClient([endpoint], ca, cert, key), operation_id, "killed@box pid 3", int(ttl)):
     time.sleep(60)
 """
@@ -95,9 +97,25 @@ def acquired(client: EtcdClient, operation_id: str, ttl: int) -> bool:
         return False
 
 
-def test_a_killed_holder_blocks_the_same_operation_until_its_lease_expires(etcd, client):
+def killed_holder(etcd, client, machine: str) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, etcd.endpoints[0], str(etcd.ca_file),
-                               str(etcd.cert_file), str(etcd.key_file), OP, str(SHORT_TTL)])
+                               str(etcd.cert_file), str(etcd.key_file), OP, str(SHORT_TTL), machine])
+    try:
+        wait_until(lambda: held_by(client) is not None, 10, "the subprocess taking the lock")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_on_this_machine_is_known_dead_and_its_lock_taken_at_once(etcd, client):
+    killed_holder(etcd, client, "here")
+    with ClusterLock(client, OP, "resumer@here pid 5", SHORT_TTL):
+        assert held_by(client)["holder"] == "resumer@here pid 5"
+
+
+def test_a_killed_holder_elsewhere_blocks_the_same_operation_until_its_lease_expires(etcd, client):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, etcd.endpoints[0], str(etcd.ca_file),
+                               str(etcd.cert_file), str(etcd.key_file), OP, str(SHORT_TTL), "another-machine"])
     try:
         wait_until(lambda: held_by(client) is not None, 10, "the subprocess taking the lock")
         holder.kill()

@@ -9,7 +9,8 @@ cluster's etcd, as the key ``/kubeha/lock`` attached to a lease (see
 - A run that ends (however it ends, short of a crash) revokes the lease: the key is gone.
 - A crashed or killed run leaves the key until its lease expires, at most ``ttl`` seconds
   later. Resuming that operation, from any machine, works from then on; while its holder
-  is alive even the same operation id is refused.
+  is alive even the same operation id is refused. A holder on this very machine whose
+  process is gone is known dead at once: its key is deleted (only if unchanged) and taken.
 - While held, a background thread renews the lease. When renewal fails for long enough the
   lock counts as lost (another run may take it soon).
 
@@ -47,14 +48,30 @@ def this_holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
 
 
-def _refusal(current: KeyValue | None, ttl: int) -> ClusterLocked:
-    """The one-line refusal for the lock key found in the way."""
+def _held(current: KeyValue | None) -> dict:
     try:
         held = json.loads(current.value) if current else {}
     except ValueError:
-        held = {}
-    if not isinstance(held, dict):
-        held = {}
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _holder_dead_here(held: dict) -> bool:
+    """Whether the holder ran on this machine and its process is gone (a kill, a crash)."""
+    if held.get("machine") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _refusal(current: KeyValue | None, ttl: int) -> ClusterLocked:
+    """The one-line refusal for the lock key found in the way."""
+    held = _held(current)
     return ClusterLocked(
         f"cluster is locked by operation {held.get('operation_id', '(unknown)')} "
         f"({held.get('holder', 'unknown holder')}, since {held.get('started', 'an unknown time')}): "
@@ -78,10 +95,14 @@ class ClusterLock:
     def __enter__(self) -> ClusterLock:
         lease = KeptLease(self.client, self.ttl)
         value = json.dumps({"operation_id": self.operation_id, "holder": self.holder,
+                            "machine": socket.gethostname(), "pid": os.getpid(),
                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "ttl": self.ttl}).encode()
         try:
             taken, current = self.client.put_if_absent(LOCK_KEY, value, lease.lease_id)
+            if not taken and current is not None and _holder_dead_here(_held(current)):
+                self.client.delete(LOCK_KEY, mod_revision=current.mod_revision)
+                taken, current = self.client.put_if_absent(LOCK_KEY, value, lease.lease_id)
         except BaseException:
             lease.revoke()
             raise
