@@ -248,3 +248,11 @@ def test_calico_is_repointed_with_the_members_and_its_config_file_rewritten_in_p
     assert calicoctl_endpoints(text) == ("https://10.0.0.11:2379", "https://10.0.0.12:2379")
     rewritten = with_calicoctl_endpoints(text, url(21, 22))
     assert rewritten == text.replace("10.0.0.11", "10.0.0.21").replace("10.0.0.12", "10.0.0.22")
+
+
+def test_members_added_beside_stacked_ones_make_etcd_external():
+    cluster = lab_cluster()
+    after = cluster_after(cluster, membership_change(cluster, adds=["spare1", "spare2"]))
+    assert after.etcd_topology is EtcdTopology.EXTERNAL
+    back = cluster_after(after, membership_change(after, removes=["spare1", "spare2"]))
+    assert back.etcd_topology is EtcdTopology.STACKED

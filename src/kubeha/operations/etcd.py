@@ -41,6 +41,8 @@ from kubeha.plan import inventory_digest, new_operation_id, step_backup_set
 
 REMOTE_SNAPSHOT_MODE = 0o600
 CATCH_UP_TIMEOUT = 60.0
+# a new member serves within seconds (it answers before a large snapshot has arrived)
+START_TIMEOUT = 30.0
 _POLL = 0.5
 
 registry = Registry()
@@ -254,7 +256,7 @@ class StartMember(StepKind):
 
     def verify(self, ctx: StepContext) -> None:
         access, host = _access(ctx), _host(ctx)
-        etcd_hosts.wait_member_serving(access, access.cluster, host)
+        etcd_hosts.wait_member_serving(access, access.cluster, host, START_TIMEOUT)
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         while True:
             member = _member(ctx)

@@ -112,7 +112,7 @@ def membership_change(cluster: Cluster, adds: Sequence[str] = (), removes: Seque
 
 def cluster_after(cluster: Cluster, change: MembershipChange) -> Cluster:
     """The inventory's cluster once the change is done: roles moved; etcd is external when
-    no master holds a member any more."""
+    a member is not a master."""
     adds = {h.name for h in change.adds}
     removes = {h.name for h in change.removes}
 
@@ -125,7 +125,8 @@ def cluster_after(cluster: Cluster, change: MembershipChange) -> Cluster:
         return host.model_copy(update={"roles": frozenset(roles)})
 
     hosts = tuple(moved(h) for h in cluster.hosts)
-    stacked = any(h.has(Role.ETCD) and h.has(Role.MASTER) for h in hosts)
+    # as discovery decides it: stacked only while every member is a master
+    stacked = all(h.has(Role.MASTER) for h in hosts if h.has(Role.ETCD))
     return cluster.model_copy(update={
         "hosts": hosts, "etcd_topology": EtcdTopology.STACKED if stacked else EtcdTopology.EXTERNAL})
 
