@@ -35,6 +35,7 @@ class Run:
     plan: Plan
     boundaries: list[Boundary] = field(default_factory=list)
     probe: ProbeSummary | None = None
+    failed: list[str] = field(default_factory=list)  # each failed probe request, with the step it fell in
 
     def quorum_kept(self) -> list[Boundary]:
         """The boundaries where quorum was not kept (expect none)."""
@@ -64,7 +65,11 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
 
         started = time.monotonic()
 
+        steps: list[tuple[float, str]] = []
+
         def on_progress(progress: Progress) -> None:
+            if progress.step is not None:
+                steps.append((time.time(), f"{progress.event} {progress.step.id}"))
             if progress.step is not None:  # a timeline on stdout (pytest -s) shows where time goes
                 print(f"{time.monotonic() - started:7.1f} s  {progress.event:<22} {progress.step.id} {progress.message}")
             if progress.step is not None and progress.event in ("done", "skipped-already-done", "checking"):
@@ -79,6 +84,10 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
         finally:
             if prober:
                 run.probe = prober.stop()
+                for record in prober.records:
+                    if not record.ok:
+                        during = next((what for at, what in reversed(steps) if at <= record.ts), "before the first step")
+                        run.failed.append(f"{record.path} {record.status} {record.error} during {during}")
     return run
 
 

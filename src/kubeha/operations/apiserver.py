@@ -40,8 +40,10 @@ def parse_listener_cmdline(stdout: str) -> Flags | None:
 
 
 def listener_flags(port: int) -> Fact[Flags | None]:
-    """The command-line flags of the process listening on TCP ``port``."""
-    command = (f"pid=$(ss -Hltnp 'sport = :{port}' | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2); "
+    """The command-line flags of the process listening on TCP ``port`` on an address other
+    than loopback (a node-local proxy may hold 127.0.0.1 on the apiserver's port)."""
+    command = (f"pid=$(ss -Hltnp 'sport = :{port}' | awk '$4 !~ /^127\\./ && $4 !~ /^\\[::1\\]/' "
+               "| grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2); "
                '[ -n "$pid" ] && cat "/proc/$pid/cmdline" || true')
     return Fact(f"flags of the process on port {port}", ["sh", "-c", command], parse_listener_cmdline)
 
