@@ -66,6 +66,17 @@ class LbApplyResult:
     vip_holders: tuple[str, ...] = ()
 
 
+def vip_holding(access: ClusterAccess, vip: VirtualIP) -> dict[str, HostOutcome[bool]]:
+    """Whether each LB host holds ``vip`` now, or why it could not be asked."""
+    addresses = ipv4_addresses_on(vip.interface)
+
+    async def holds(conn: HostConnection) -> bool:
+        shown = await conn.run(addresses.command, check=False)  # no such interface: not a holder
+        return holds_address(addresses.parse(shown.stdout), vip.address)
+
+    return access.run_all(holds, hosts=access.cluster.lb_hosts)
+
+
 def new_operation_id(now: datetime | None = None) -> str:
     return f"lb-apply-{(now or datetime.now(timezone.utc)):%Y%m%dT%H%M%SZ}"
 
@@ -201,14 +212,7 @@ class _Run:
             self.steps(steps)
 
     def vip_holders(self, vip: VirtualIP) -> tuple[str, ...]:
-        addresses = ipv4_addresses_on(vip.interface)
-
-        async def holds(conn: HostConnection) -> bool:
-            shown = await conn.run(addresses.command, check=False)  # no such interface: not a holder
-            return holds_address(addresses.parse(shown.stdout), vip.address)
-
-        lbs = self.access.cluster.lb_hosts
-        return tuple(h for h, held in _values(self.access.run_all(holds, hosts=lbs)).items() if held)
+        return tuple(h for h, held in _values(vip_holding(self.access, vip)).items() if held)
 
     def wait_for_vip(self, host: str, vip: VirtualIP) -> None:
         started = time.monotonic()

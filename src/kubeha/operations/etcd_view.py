@@ -17,8 +17,7 @@ from kubeha.access import ClusterAccess
 from kubeha.errors import KubehaError
 from kubeha.etcd.gateway import EtcdClient, EtcdMember, EtcdStatus, member_label
 from kubeha.etcd.quorum import can_promote, can_remove, quorum
-from kubeha.hosts import HostConnection
-from kubeha.hosts.facts import IPV4_ADDRESSES, gather_fact, holds_address
+from kubeha.lb.apply import vip_holding
 from kubeha.lb.drain import BackendStates, backend_states
 from kubeha.model import Cluster
 from kubeha.plan import Step
@@ -91,24 +90,19 @@ class ClusterView:
         return self._read_vip_holders()
 
 
-def vip_holders(access: ClusterAccess, cluster: Cluster) -> tuple[str, ...]:
-    """The LB hosts that hold the VIP now."""
-    if cluster.vip is None:
-        return ()
-    address = cluster.vip.address
-
-    async def holds(conn: HostConnection) -> bool:
-        return holds_address(await gather_fact(conn, IPV4_ADDRESSES), address)
-
-    outcomes = access.run_all(holds, cluster.lb_hosts)
-    return tuple(name for name, outcome in outcomes.items() if outcome.error is None and outcome.value)
-
-
 def cluster_view_factory(access: ClusterAccess, cluster: Cluster) -> Callable[[], ClusterView]:
     """The engine's view factory: one etcd client for the run, a new look per call."""
     client = access.etcd()
     return lambda: ClusterView(cluster, read_etcd_state(client), lambda: backend_states(access, cluster),
                                lambda: vip_holders(access, cluster))
+
+
+def vip_holders(access: ClusterAccess, cluster: Cluster) -> tuple[str, ...]:
+    """The LB hosts that hold the VIP now; a host that cannot be asked is not counted."""
+    if cluster.vip is None:
+        return ()
+    return tuple(name for name, outcome in vip_holding(access, cluster.vip).items()
+                 if outcome.error is None and outcome.value)
 
 
 # ---- safety checks: (view, step) -> reason | None -------------------------------------------
