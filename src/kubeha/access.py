@@ -100,12 +100,40 @@ def url_address(url: str) -> Address:
     return parsed.host, parsed.port or 443
 
 
-def _write_secret(directory: Path, name: str, content: bytes) -> str:
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    return str(path)
+class SecretFiles:
+    """Credentials as files for the TLS libraries, which read keys from paths only.
+
+    Where the system has anonymous memory files (Linux memfd), each is one of those, named
+    ``/proc/self/fd/<n>``: only this process can open it, and it is gone when the process
+    ends, however it ends (a SIGKILLed run leaves no key behind). Elsewhere, a 0600 file in
+    a 0700 temporary directory, removed on ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+        self._directory: Path | None = None
+
+    def add(self, name: str, content: bytes) -> str:
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create(f"kubeha-{name}", os.MFD_CLOEXEC)
+            self._fds.append(fd)
+            with open(fd, "wb", closefd=False) as f:
+                f.write(content)
+            return f"/proc/self/fd/{fd}"
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="kubeha-credentials-"))  # 0700
+        path = self._directory / name
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(content)
+        return str(path)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
 
 
 class ClusterAccess:
@@ -135,7 +163,8 @@ class ClusterAccess:
         self._lock = threading.Lock()  # credentials and routes, asked for from any thread
         self._routes: dict[Address, int] = {}  # tunnelled address -> its local port
         self._direct: set[Address] = set()
-        self._secrets: Path | None = None
+        self._loopback: dict[tuple[str, int], int] = {}  # (host, port) -> local port of its tunnel
+        self._secrets = SecretFiles()
         self._etcd_files: tuple[str, str, str] | None = None
         self._kube_files: tuple[str, str, str] | None = None
         self._clients: list[Callable[[], None]] = []  # close() of every client handed out
@@ -186,9 +215,8 @@ class ClusterAccess:
                 self._thread.join()
                 self._loop.close()
                 self._loop = self._thread = None
-        if self._secrets is not None:
-            shutil.rmtree(self._secrets, ignore_errors=True)
-            self._secrets = None
+        self._secrets.close()
+        self._etcd_files = self._kube_files = None
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None or threading.current_thread() is self._thread:
@@ -293,11 +321,16 @@ class ClusterAccess:
 
     def loopback_port(self, host: str | Host, port: int) -> int:
         """A local port whose connections reach ``host``'s own 127.0.0.1:``port`` through its
-        SSH connection: a node-local service as the host's own clients reach it. Open until close."""
+        SSH connection: a node-local service as the host's own clients reach it. Open until
+        close; asked again, the same tunnel."""
         conn = self.connection(host)
+        with self._lock:
+            if (conn.name, port) in self._loopback:
+                return self._loopback[conn.name, port]
         local_port = self._call(self._stack.enter_async_context(conn.forward_local(_TUNNEL_HOST, port)))
         with self._lock:
             self._direct.add((_TUNNEL_HOST, local_port))  # already a tunnel: never tunnel it again
+            self._loopback[conn.name, port] = local_port
         return local_port
 
     def _tunnel_connection(self, address: str) -> HostConnection:
@@ -319,23 +352,17 @@ class ClusterAccess:
 
     # ---- credentials ---------------------------------------------------------------------
 
-    def _secret_dir(self) -> Path:
-        if self._secrets is None:
-            self._secrets = Path(tempfile.mkdtemp(prefix="kubeha-credentials-"))  # 0700
-        return self._secrets
-
     def _from_a_master(self, what: str,
                        fetch: Callable[[HostConnection], Awaitable[dict[str, bytes] | None]]
                        ) -> tuple[str, ...]:
         """Files from the first master (else etcd member, else host) that has them all, saved
-        in the private directory; their local paths in ``fetch``'s order."""
+        as secret files; their local paths in ``fetch``'s order."""
         candidates = [h for h in dict.fromkeys(self.cluster.masters + self.cluster.etcd_members
                                                + self.cluster.hosts) if h in self.connected]
         for host in candidates:
             files = self._call(fetch(self.connection(host)))
             if files is not None:
-                directory = self._secret_dir()
-                return tuple(_write_secret(directory, name, content) for name, content in files.items())
+                return tuple(self._secrets.add(name, content) for name, content in files.items())
         tried = ", ".join(h.name for h in candidates) or "none reachable over SSH"
         raise AccessError(f"no host of cluster {self.cluster.name} has the {what} (tried: {tried}"
                           + (f"; unreachable: {', '.join(self.connect_errors)}" if self.connect_errors else "")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubeha.access import ClusterAccess
+from kubeha.errors import KubehaError
 from kubeha.etcd.quorum import quorum
 from kubeha.inventory import load_inventory, parse_inventory
 from kubeha.operations import operation
@@ -36,6 +37,7 @@ class Run:
     boundaries: list[Boundary] = field(default_factory=list)
     probe: ProbeSummary | None = None
     failed: list[str] = field(default_factory=list)  # each failed probe request, with the step it fell in
+    error: KubehaError | None = None  # how the run stopped, when run_plan was told not to raise
 
     def quorum_kept(self) -> list[Boundary]:
         """The boundaries where quorum was not kept (expect none)."""
@@ -54,8 +56,10 @@ def make_plan(inventory_path: Path, name: str, arguments: dict[str, str]) -> Pla
         return operation(name).make_plan(access, inventory, inventory_path, arguments)
 
 
-def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: bool = True) -> Run:
-    """Apply ``plan`` with the probe (VIP, LBs, node-local proxies, etcd writes)."""
+def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: bool = True,
+             raises: bool = True) -> Run:
+    """Apply ``plan`` with the probe (VIP, LBs, node-local proxies, etcd writes); with
+    ``raises=False`` a run that stops early is returned with its error."""
     op = operation(plan.operation)
     inventory = load_inventory(inventory_path)
     run = Run(plan)
@@ -81,14 +85,80 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
         try:
             apply(plan, op.registry, op.view_factory(access, plan), journal, cluster=access,
                   cluster_lock=cluster_lock_for(access), on_progress=on_progress)
+        except KubehaError as e:
+            if raises:
+                raise
+            run.error = e
         finally:
             if prober:
                 run.probe = prober.stop()
+                def during(at: float) -> str:
+                    return next((what for t, what in reversed(steps) if t <= at), "before the first step")
+
                 for record in prober.records:
                     if not record.ok:
-                        during = next((what for at, what in reversed(steps) if at <= record.ts), "before the first step")
-                        run.failed.append(f"{record.path} {record.status} {record.error} during {during}")
+                        run.failed.append(f"{record.path} {record.status} {record.error} during {during(record.ts)}")
+                for path, gap, at in _longest_gaps(prober.records):
+                    print(f"longest gap of {path}: {gap * 1000:.0f} ms from {during(at)}")
     return run
+
+
+def _longest_gaps(records) -> list[tuple[str, float, float]]:
+    """Each path's longest time between two successes, and when it began (where time goes)."""
+    done: dict[str, list[float]] = {}
+    for record in records:
+        if record.ok:
+            done.setdefault(record.path, []).append(record.done)
+    gaps = []
+    for path, times in sorted(done.items()):
+        times.sort()
+        gap, at = max(((b - a, a) for a, b in zip(times, times[1:])), default=(0.0, 0.0))
+        gaps.append((path, gap, at))
+    return gaps
+
+
+def assert_no_outage(run: Run, *, longest_gap_ms: float | None = None) -> None:
+    """No failed request through the VIP; none through any path after its one retry; no
+    acknowledged etcd write lost; quorum at every boundary; at most one learner."""
+    summary = run.probe
+    assert summary is not None
+    for path in summary.paths:
+        print(path)
+    print(summary.etcd)
+    vip = next(p for p in summary.paths if p.path == "vip")
+    assert vip.failures == 0, (vip, run.failed)
+    assert all(p.failures_after_retry == 0 for p in summary.paths), summary.paths
+    if longest_gap_ms is not None:
+        assert all(p.longest_gap_ms < longest_gap_ms for p in summary.paths if p.path != "etcd-writes"), summary.paths
+    assert summary.etcd is not None and summary.etcd.lost == (), summary.etcd
+    assert run.quorum_kept() == [], run.quorum_kept()
+    assert max((b.learners for b in run.boundaries), default=0) <= 1
+
+
+def workloads(inventory_path: Path) -> dict:
+    """What an operation must leave alone on the nodes: the pods on workers (with their uids:
+    a pod deleted and made again has a new one), NodeNotReady events, each Node's Ready."""
+    import json
+
+    from kubernetes import client as k8s
+
+    with ClusterAccess(load_inventory(inventory_path)) as access:
+        core = k8s.CoreV1Api(access.kube())
+        workers = {h.kube_node_name for h in access.cluster.workers}
+        pods = json.loads(core.list_pod_for_all_namespaces(_preload_content=False).data)["items"]
+        events = json.loads(core.list_event_for_all_namespaces(_preload_content=False).data)["items"]
+        nodes = json.loads(core.list_node(_preload_content=False).data)["items"]
+    return {
+        "pods": sorted((p["metadata"]["name"], p["metadata"]["uid"]) for p in pods
+                       if p.get("spec", {}).get("nodeName") in workers),
+        "not_ready_events": sum(1 for e in events if e.get("reason") == "NodeNotReady"),
+        "ready": {n["metadata"]["name"]: next((c["status"] for c in n.get("status", {}).get("conditions", [])
+                                               if c["type"] == "Ready"), None) for n in nodes},
+    }
+
+
+def kubeha_check(inventory_path: Path) -> subprocess.CompletedProcess[str]:
+    return _cli("check", "-i", str(inventory_path), timeout=120)
 
 
 def final_lists(plan: Plan, before: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -159,6 +229,10 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def resume_cli(operation_id: str, inventory: Path, journal: Path) -> subprocess.CompletedProcess[str]:
+    return _cli("resume", operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
+
+
 def _finished(journal_path: Path, operation_id: str, step_id: str) -> bool:
     if not journal_path.exists():
         return False
@@ -198,7 +272,7 @@ def migrate_killed_and_resumed(lab, inventory: Path, tmp_path: Path, replace: st
     journal = tmp_path / "journal.sqlite"
     assert boundary in [s.id for s in plan.steps], [s.id for s in plan.steps]
     assert apply_killed_at(plan_file, plan.operation_id, boundary, inventory, journal), f"the run ended before {boundary}"
-    resumed = _cli("resume", plan.operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
+    resumed = resume_cli(plan.operation_id, inventory, journal)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     after = fingerprint(inventory, hosts)
     assert after == expected_fingerprint(plan, expected_from), (boundary, after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -25,3 +26,24 @@ def lab(request):
     finally:
         lab.down()
         assert not lab.leftovers()
+
+
+@pytest.fixture
+def inventory_path(lab, tmp_path):
+    """A copy of the lab's inventory that an operation may rewrite."""
+    path = tmp_path / "cluster.yaml"
+    shutil.copy(lab.paths.inventory, path)
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.layouts(Layout.X, ...)``: the test runs on those layouts' labs only
+    (deselected on the others, so it is not reported as skipped)."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("layouts")
+        layout = getattr(item, "callspec", None) and item.callspec.params.get("lab")
+        (dropped if marker and layout is not None and layout not in marker.args else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -6,12 +6,14 @@ began (each apiserver now listing every member instead of its local one)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers.operations import expected_fingerprint, fingerprint, make_plan, migrate_killed_and_resumed, run_plan
+from helpers.operations import (
+    assert_no_outage, expected_fingerprint, fingerprint, kubeha_check, make_plan, migrate_killed_and_resumed,
+    run_plan,
+)
 from helpers.wait import wait_for
 
 from kubeha.access import ClusterAccess
@@ -30,30 +32,10 @@ BACK = "spare1=master1,spare2=master2,spare3=master3"
 KILL_AFTER = {Layout.KUBEADM: "etcd-start-member", Layout.KUBEASZ: "apiserver-etcd-servers"}
 
 
-@pytest.fixture
-def inventory_path(lab, tmp_path):
-    path = tmp_path / "cluster.yaml"
-    shutil.copy(lab.paths.inventory, path)
-    return path
-
-
 def members(inventory_path) -> tuple[list[str], object]:
     with ClusterAccess(load_inventory(inventory_path)) as access:
         state = read_etcd_state(access.etcd())
     return sorted(m.name for m in state.members), state
-
-
-def assert_no_outage(run) -> None:
-    summary = run.probe
-    for path in summary.paths:
-        print(path)
-    print(summary.etcd)
-    vip = next(p for p in summary.paths if p.path == "vip")
-    assert vip.failures == 0, (vip, run.failed)
-    assert all(p.failures_after_retry == 0 for p in summary.paths), summary.paths
-    assert summary.etcd is not None and summary.etcd.lost == (), summary.etcd
-    assert run.quorum_kept() == [], run.quorum_kept()
-    assert max(b.learners for b in run.boundaries) <= 1
 
 
 def back_to_the_masters(inventory_path, tmp_path) -> None:
@@ -91,8 +73,7 @@ def test_etcd_moves_to_the_spares_and_back_without_a_failed_request(lab, invento
     migrate_killed_and_resumed(lab, inventory_path, tmp_path / "killed", BACK, point, moved)
     assert members(inventory_path)[0] == ["master1", "master2", "master3"]
     assert inventory_path.read_text() == original
-    check = subprocess.run([sys.executable, "-m", "kubeha.cli", "check", "-i", str(inventory_path)],
-                           capture_output=True, text=True, timeout=120)
+    check = kubeha_check(inventory_path)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -176,6 +157,7 @@ def test_unsafe_changes_are_refused_before_any_host_is_touched(lab, inventory_pa
     assert _backup_dirs(lab, plan.operation_id) == []
 
 
+@pytest.mark.layouts(Layout.KUBEADM)  # the same steps as the migration's, on one layout (CI time)
 def test_two_members_added_and_rolled_back_leave_the_cluster_as_it_was(lab, inventory_path, tmp_path):
     hosts = [h.name for h in lab.topology().hosts]
     before = fingerprint(inventory_path, hosts)

@@ -139,3 +139,16 @@ def test_unopened_access_says_so():
     cluster = Cluster(hosts=(Host(name="m1", address="10.0.0.1", roles={Role.MASTER}),))
     with pytest.raises(RuntimeError, match="not open"):
         ClusterAccess(Inventory(cluster=cluster)).get_file("m1", "/etc/hosts")
+
+
+def test_secret_files_are_readable_only_here_and_gone_on_close(tmp_path):
+    from kubeha.access import SecretFiles
+
+    secrets = SecretFiles()
+    path = secrets.add("client.key", b"-----BEGIN PRIVATE KEY-----\n")
+    assert path.startswith("/proc/self/fd/")  # memory, not a file left on disk by a killed run
+    assert open(path, "rb").read() == b"-----BEGIN PRIVATE KEY-----\n"
+    assert open(path, "rb").read() == b"-----BEGIN PRIVATE KEY-----\n"  # each open reads from the start
+    secrets.close()
+    with pytest.raises(OSError):
+        open(path, "rb")

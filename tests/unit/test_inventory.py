@@ -4,7 +4,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kubeha.errors import InputError
@@ -274,6 +274,7 @@ def mutated(draw, text: str) -> str:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(CLUSTER_YAML))
+@example("hosts:\n  - name: m3\n?\n  - name: w1\n")  # a list as a mapping key (found by hypothesis)
 def test_mutated_files_give_an_inventory_or_an_input_error(text: str):
     try:
         inventory = parse_inventory(text)

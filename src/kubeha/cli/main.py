@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import check, inventory, lab, lb, operations, probe
+from kubeha.cli import check, inventory, lab, lb, nodes, operations, probe
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -28,6 +28,9 @@ app.command("resume")(operations.resume)
 app.command("rollback")(operations.rollback)
 app.command("journal")(operations.journal_command)
 app.add_typer(operations.etcd_app, name="etcd")
+operations.plan_app.command("repoint-nodes")(nodes.plan_repoint_nodes)
+app.command("repoint-nodes")(nodes.repoint_nodes)
+app.command("rolling-restart")(operations.rolling_restart)
 
 err = Console(stderr=True)
 

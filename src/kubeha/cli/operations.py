@@ -749,8 +749,62 @@ def etcd_remove(host: RemoveHost, inventory: InventoryOption = Path("cluster.yam
     run_now("etcd-remove", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
 
 
+ComponentOption = Annotated[str | None, typer.Option(
+    "--component", "-c", help="C[,C...]: what to restart, of etcd, kube-apiserver, kube-controller-manager, "
+                              "kube-scheduler; default the last three.")]
+RestartHostsOption = Annotated[str | None, typer.Option(
+    "--host", help="H[,H...]: only these hosts (of cluster.yaml); default every host running a component named.")]
+
+
+RestartTimeoutOption = Annotated[float | None, typer.Option(
+    "--timeout", help="Seconds each component gets to come back restarted and healthy (default 120); one that "
+                      "does not stops the run.")]
+
+
+def _restart_arguments(component: str | None, host: str | None, timeout: float | None) -> dict[str, str]:
+    given = (("component", component), ("host", host), ("timeout", None if timeout is None else f"{timeout:g}"))
+    return {name: value for name, value in given if value}
+
+
+@plan_app.command("rolling-restart")
+def plan_rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
+                         timeout: RestartTimeoutOption = None, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                         fmt: FormatOption = PlanFormat.TEXT, json_output: JsonFlag = False,
+                         out_file: OutOption = None) -> None:
+    """Plan restarting control-plane components one host and one component at a time: an
+    apiserver (and etcd on a master) out of every load balancer while it restarts, back in
+    when ready; etcd followers first, leadership moved off the leader before it restarts.
+    Changes nothing.
+
+    Examples:
+
+      kubeha plan rolling-restart -i cluster.yaml
+
+      kubeha plan rolling-restart --component etcd,kube-apiserver --host m1,m2 --format markdown
+    """
+    plan_command("rolling-restart", _restart_arguments(component, host, timeout), inventory, journal, fmt, json_output,
+                 out_file)
+
+
+def rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
+                    timeout: RestartTimeoutOption = None, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                    fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None, yes: YesOption = False,
+                    no_probe: NoProbeOption = False) -> None:
+    """Restart control-plane components without a failed request: plan, show, confirm,
+    apply with the probe (`kubeha plan rolling-restart` then `kubeha apply` does the same in two).
+
+    Examples:
+
+      kubeha rolling-restart -i cluster.yaml
+
+      kubeha rolling-restart --component kube-apiserver --yes
+    """
+    run_now("rolling-restart", _restart_arguments(component, host, timeout), inventory, journal, fmt, out_file, yes,
+            no_probe)
+
+
 __all__ = [
     "PlanFormat", "ProbeCounters", "RunDisplay", "apply", "apply_plan", "current_inventory_digest", "etcd_app",
     "journal_command", "journal_detail", "journal_list", "load_plan", "make_plan", "plan_app",
-    "probe_summary_from_json", "resume", "rollback", "run_operation", "save_plan",
+    "probe_summary_from_json", "resume", "rollback", "rolling_restart", "run_operation", "save_plan",
 ]

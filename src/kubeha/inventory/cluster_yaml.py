@@ -51,6 +51,8 @@ def read_yaml(text: str, source: str) -> Any:
         raise InputError(f"{source}{line}: not valid YAML: {_one_line(e.problem or e.context)}") from None
     except (YAMLError, ValueError, RecursionError) as e:  # e.g. an integer too long to convert
         raise InputError(f"{source}: not valid YAML: {_one_line(str(e))}") from None
+    except TypeError as e:  # a mapping or list used as a key ("? {a: 1}"): ruamel cannot hash it
+        raise InputError(f"{source}: not an inventory: a key is not a plain value ({_one_line(str(e))})") from None
 
 
 def yaml_locator(source: str, root: CommentedMap) -> Locator:

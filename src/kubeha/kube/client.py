@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -112,3 +113,27 @@ def restart_daemonset(api: k8s.ApiClient, namespace: str, name: str, at: str, ti
                     lambda **kw: k8s.AppsV1Api(api).patch_namespaced_daemon_set(name, namespace, body, **kw),
                     timeout, absent_ok=True)
     return patched is not None
+
+
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+
+
+def _raw_json(api: k8s.ApiClient, what: str, request: Any) -> dict[str, Any] | None:
+    response = _call(api, what, lambda **kw: request(_preload_content=False, **kw), 10.0, absent_ok=True)
+    return None if response is None else json.loads(response.data)
+
+
+def node_ready(api: k8s.ApiClient, node: str) -> bool:
+    data = _raw_json(api, f"reading Node {node}", lambda **kw: k8s.CoreV1Api(api).read_node(node, **kw))
+    conditions = ((data or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def lease_renewed(api: k8s.ApiClient, node: str) -> float | None:
+    """When the kubelet last renewed its Lease (seconds since the epoch, on the node's clock)."""
+    data = _raw_json(api, f"reading Lease {NODE_LEASE_NAMESPACE}/{node}",
+                     lambda **kw: k8s.CoordinationV1Api(api).read_namespaced_lease(node, NODE_LEASE_NAMESPACE, **kw))
+    renewed = ((data or {}).get("spec") or {}).get("renewTime")
+    if not renewed:
+        return None
+    return datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()

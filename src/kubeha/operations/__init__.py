@@ -16,9 +16,9 @@ _registered: dict[str, Operation] = {}
 
 def _builtin() -> tuple[Operation, ...]:
     """The operations kubeha ships, imported on first use."""
-    from kubeha.operations import etcd
+    from kubeha.operations import etcd, nodes, restart
 
-    return tuple(etcd.OPERATIONS)
+    return (*etcd.OPERATIONS, *restart.OPERATIONS, *nodes.OPERATIONS)
 
 
 def operations() -> dict[str, Operation]:

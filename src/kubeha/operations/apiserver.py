@@ -1,8 +1,8 @@
 """Changing a flag of one apiserver without a failed request: out of every load balancer,
 edit its manifest or unit, wait for the new process to be ready, back in.
 
-The running process is found by the port it listens on (``ss``) and judged by its own
-command line (``/proc/<pid>/cmdline``), so "done" means the apiserver that serves runs with
+The running process is found by the port it listens on and judged by its own command line
+(``components.listener``), so "done" means the apiserver that serves runs with
 the flag, not only that a file says so; a kubelet that has not yet replaced a static pod
 is waited for.
 """
@@ -18,9 +18,9 @@ from kubeha.discover.configs import Flags, parse_flags
 from kubeha.discover.discover import component_command, component_file
 from kubeha.errors import KubehaError
 from kubeha.hosts import BackupSet
-from kubeha.hosts.facts import Fact
 from kubeha.lb.drain import backend_states, put_back, take_out
 from kubeha.model import Cluster, Host, Layout
+from kubeha.operations.components import listener
 from kubeha.render.flags import replace_flag
 
 APISERVER = "kube-apiserver"
@@ -32,24 +32,9 @@ class ApiserverNotRestarted(KubehaError):
     """The apiserver did not come back with the new flags in time."""
 
 
-def parse_listener_cmdline(stdout: str) -> Flags | None:
-    """Flags of the process whose NUL-separated command line the fact printed; None when no
-    process listens."""
-    argv = [arg for arg in stdout.split("\0") if arg.strip()]
-    return parse_flags(argv) if argv else None
-
-
-def listener_flags(port: int) -> Fact[Flags | None]:
-    """The command-line flags of the process listening on TCP ``port`` on an address other
-    than loopback (a node-local proxy may hold 127.0.0.1 on the apiserver's port)."""
-    command = (f"pid=$(ss -Hltnp 'sport = :{port}' | awk '$4 !~ /^127\\./ && $4 !~ /^\\[::1\\]/' "
-               "| grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2); "
-               '[ -n "$pid" ] && cat "/proc/$pid/cmdline" || true')
-    return Fact(f"flags of the process on port {port}", ["sh", "-c", command], parse_listener_cmdline)
-
-
 def running_flags(access: ClusterAccess, cluster: Cluster, host: Host) -> Flags | None:
-    return access.fact(host, listener_flags(cluster.apiserver_port))
+    """The flags of the apiserver process that serves (None when none listens)."""
+    return access.fact(host, listener(cluster.apiserver_port, skip_loopback=True)).flags
 
 
 def file_flags(access: ClusterAccess, cluster: Cluster, host: Host) -> Flags | None:

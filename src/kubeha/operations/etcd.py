@@ -80,7 +80,7 @@ def _peer_url(ctx: StepContext) -> str:
     return str(ctx.step.arguments["peer_url"])
 
 
-def _member(ctx: StepContext) -> EtcdMember | None:
+def step_member(ctx: StepContext) -> EtcdMember | None:
     url = _peer_url(ctx)
     return next((m for m in _etcd(ctx).member_list() if url in m.peer_urls), None)
 
@@ -119,16 +119,16 @@ def _retry_membership(change: Callable[[], object], done: Callable[[], bool], wh
 
 def _remove_if_member(ctx: StepContext) -> None:
     client = _etcd(ctx)
-    member = _member(ctx)
+    member = step_member(ctx)
     if member is None:
         return
     if not member.is_learner:
-        _move_leadership_off(ctx, member)
-    _retry_membership(lambda: client.member_remove(member.id), lambda: _member(ctx) is None,
+        move_leadership_off(ctx, member)
+    _retry_membership(lambda: client.member_remove(member.id), lambda: step_member(ctx) is None,
                       f"removing {member_label(member)}")
 
 
-def _move_leadership_off(ctx: StepContext, member: EtcdMember, prefer: tuple[str, ...] = ()) -> None:
+def move_leadership_off(ctx: StepContext, member: EtcdMember, prefer: tuple[str, ...] = ()) -> None:
     state = read_etcd_state(_etcd(ctx))
     if state.leader_id != member.id:
         return
@@ -202,14 +202,14 @@ class AddMember(StepKind):
     retry_delay_seconds = 1.0
 
     def is_done(self, ctx: StepContext) -> bool:
-        return _member(ctx) is not None
+        return step_member(ctx) is not None
 
     def apply(self, ctx: StepContext) -> None:
-        if _member(ctx) is None:
+        if step_member(ctx) is None:
             _etcd(ctx).member_add([_peer_url(ctx)], learner=bool(ctx.step.arguments.get("learner", True)))
 
     def verify(self, ctx: StepContext) -> None:
-        if _member(ctx) is None:
+        if step_member(ctx) is None:
             raise StepNotVerified(f"{ctx.step.arguments['host']} is not in etcd's member list")
 
     def rollback(self, ctx: StepContext) -> None:
@@ -225,7 +225,7 @@ class StartMember(StepKind):
                 and etcd_hosts.member_process_running(access, access.cluster, host))
 
     def is_done(self, ctx: StepContext) -> bool:
-        member = _member(ctx)
+        member = step_member(ctx)
         if not self._serving(ctx, member):
             return False
         assert member is not None
@@ -234,7 +234,7 @@ class StartMember(StepKind):
     def apply(self, ctx: StepContext) -> None:
         access, host = _access(ctx), _host(ctx)
         cluster = access.cluster
-        member = _member(ctx)
+        member = step_member(ctx)
         if member is None:
             raise KubehaError(f"{host.name} is not in etcd's member list: its add step must come first")
         if self._serving(ctx, member):
@@ -259,7 +259,7 @@ class StartMember(StepKind):
         etcd_hosts.wait_member_serving(access, access.cluster, host, START_TIMEOUT)
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         while True:
-            member = _member(ctx)
+            member = step_member(ctx)
             if member is not None and member.name and (not member.is_learner or _progress(ctx, member) >= 0.9):
                 return
             if time.monotonic() > deadline:
@@ -283,11 +283,11 @@ class PromoteMember(StepKind):
     retry_delay_seconds = 1.0
 
     def is_done(self, ctx: StepContext) -> bool:
-        member = _member(ctx)
+        member = step_member(ctx)
         return member is not None and not member.is_learner
 
     def apply(self, ctx: StepContext) -> None:
-        member = _member(ctx)
+        member = step_member(ctx)
         if member is None:
             raise KubehaError(f"{ctx.step.arguments['host']} is not in etcd's member list")
         if member.is_learner:
@@ -340,14 +340,14 @@ class MoveLeader(StepKind):
     retry_budget = 5
 
     def is_done(self, ctx: StepContext) -> bool:
-        member = _member(ctx)
+        member = step_member(ctx)
         return member is None or read_etcd_state(_etcd(ctx)).leader_id != member.id
 
     def apply(self, ctx: StepContext) -> None:
-        member = _member(ctx)
+        member = step_member(ctx)
         if member is not None:
             prefer = tuple(str(u) for u in ctx.step.arguments.get("to_peer_urls") or [])  # type: ignore[union-attr]
-            _move_leadership_off(ctx, member, prefer)
+            move_leadership_off(ctx, member, prefer)
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
@@ -361,10 +361,10 @@ class RemoveMember(StepKind):
     name = "etcd-remove-member"
 
     def is_done(self, ctx: StepContext) -> bool:
-        return _member(ctx) is None
+        return step_member(ctx) is None
 
     def apply(self, ctx: StepContext) -> None:
-        member = _member(ctx)
+        member = step_member(ctx)
         if member is not None:
             _retry_membership(lambda: _etcd(ctx).member_remove(member.id), lambda: self.is_done(ctx),
                               f"removing {member_label(member)}")

@@ -331,7 +331,7 @@ def _membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFac
     repointed: dict[str, list[Step]] = {}
 
     def repoint(key: str, target: tuple[str, ...], step_id: str) -> None:
-        step = (_calico_step(facts, lists[key], target, step_id) if key == CALICO
+        step = (calico_step(facts, lists[key], target, step_id) if key == CALICO
                 else _repoint_step(cluster, cluster.host(key), lists[key], target, step_id))
         steps.append(step)
         repointed.setdefault(key, []).append(step)
@@ -378,7 +378,7 @@ def _consumer_step(key: str) -> str:
     return "calico" if key == CALICO else f"apiserver-{key}"
 
 
-def _calico_step(facts: EtcdFacts, current: Sequence[str], target: Sequence[str], step_id: str) -> Step:
+def calico_step(facts: EtcdFacts, current: Sequence[str], target: Sequence[str], step_id: str) -> Step:
     where = (["ConfigMap kube-system/calico-config"] if facts.calico_configmap else []) + [
         f"{host}:/etc/calico/calicoctl.cfg" for host in facts.calico_hosts]
     return Step(

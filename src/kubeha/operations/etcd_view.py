@@ -167,6 +167,20 @@ def majority_after(view: ClusterView, step: Step) -> str | None:
     return None
 
 
+def majority_while_down(view: ClusterView, step: Step) -> str | None:
+    """A healthy majority of voters remains while the step's member is down (a restart)."""
+    state = view.etcd
+    if state.error:
+        return f"etcd cannot be read: {state.error}"
+    member = _step_member(view, step)
+    others = sum(1 for m in state.voters if m.id in state.healthy_ids and (member is None or m.id != member.id))
+    if others < quorum(len(state.voters)):
+        down = member_label(member) if member is not None else step.arguments.get("host")
+        return (f"while {down} is down, {others} healthy of {len(state.voters)} voters remain, below the "
+                f"quorum of {quorum(len(state.voters))}")
+    return None
+
+
 def lb_spare(view: ClusterView, step: Step) -> str | None:
     """Each load balancer keeps a ready apiserver other than the step's host."""
     if view.cluster.vip is None and not view.backends.node_proxies:

@@ -1,4 +1,5 @@
-"""Changing one flag in a control-plane component's file, leaving every other byte alone.
+"""Changing one flag (or a static pod's annotation) in a control-plane component's file,
+leaving every other byte alone.
 
 Operators' manifests and units carry flags kubeha does not render (admission plugins,
 audit settings); re-rendering the whole file would drop them, so operations that repoint a
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import re
 
+from ruamel.yaml.error import YAMLError
+
 from kubeha.errors import InputError
+from kubeha.render._text import dump_yaml, new_yaml
 
 
 def replace_flag(text: str, flag: str, value: str, source: str = "file") -> str:
@@ -22,3 +26,27 @@ def replace_flag(text: str, flag: str, value: str, source: str = "file") -> str:
     if count == 0:
         raise InputError(f"{source} has no --{flag} flag to change")
     return changed
+
+
+def with_pod_annotation(text: str, key: str, value: str, source: str = "manifest") -> str:
+    """A static pod manifest with ``metadata.annotations[key] = value``, every other byte's
+    meaning kept. A changed manifest is what makes the kubelet replace a static pod (as
+    `kubectl rollout restart` does for a Deployment with its restartedAt annotation)."""
+    try:
+        pod = new_yaml().load(text)
+        metadata = pod["metadata"]
+    except (YAMLError, KeyError, TypeError):
+        raise InputError(f"{source}: not a static pod manifest with metadata") from None
+    if metadata.get("annotations") is None:
+        metadata["annotations"] = {}
+    metadata["annotations"][key] = value
+    return dump_yaml(pod)
+
+
+def pod_annotation(text: str, key: str) -> str | None:
+    try:
+        annotations = (new_yaml().load(text)["metadata"] or {}).get("annotations") or {}
+    except (YAMLError, KeyError, TypeError):
+        return None
+    value = annotations.get(key)
+    return None if value is None else str(value)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
 import signal
+import ssl
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FlagValue = str | bool
 
@@ -122,3 +127,70 @@ def micro_time(at: dt.datetime | None = None) -> str:
 
 def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
+
+
+# --bind-address and --secure-port of kube-controller-manager (10257) and kube-scheduler (10259)
+def secure_serving_flags(port: int) -> dict[str, FlagValue]:
+    return {"bind-address": "0.0.0.0", "secure-port": str(port)}
+
+
+def _self_signed(host: str) -> ssl.SSLContext:
+    """A TLS context with a fresh self-signed serving cert, as the real components make one
+    when no --tls-cert-file is given."""
+    from cryptography import x509  # only the components that serve /healthz pay for the import
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}@{int(dt.datetime.now().timestamp())}")])
+    now = utc_now()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=365)).sign(key, hashes.SHA256()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as directory:  # the ssl module loads keys from files only
+        cert_file, key_file = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+        with open(cert_file, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def serve_healthz(flags: Mapping[str, FlagValue], component: str, log: logging.Logger) -> None:
+    """Serve HTTPS ``/healthz`` (``ok``) on --bind-address:--secure-port in a daemon thread,
+    as kube-controller-manager and kube-scheduler do (their kubeadm liveness probes use it)."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            found = self.path.split("?")[0] in ("/healthz", "/livez", "/readyz")
+            body = b"ok" if found else b"404 page not found"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("healthz: " + format, *args)
+
+    address, port = str(flags["bind-address"]), int(str(flags["secure-port"]))
+    context = _self_signed(component)
+
+    def serve() -> None:
+        while True:  # the process this one replaces may hold the port for a moment yet
+            try:
+                server = ThreadingHTTPServer((address, port), Health)
+                break
+            except OSError as e:
+                log.warning("cannot serve /healthz on %s:%d yet: %s", address, port, e)
+                time.sleep(1.0)
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        log.info("serving /healthz on https://%s:%d", address, port)
+        server.serve_forever()
+
+    threading.Thread(target=serve, name="healthz", daemon=True).start()

@@ -21,7 +21,9 @@ import threading
 import time
 from typing import Any
 
-from kubeha.lab.standins.common import kube_time, parse_duration, start_standin
+from kubeha.lab.standins.common import (
+    kube_time, parse_duration, secure_serving_flags, serve_healthz, start_standin,
+)
 from kubeha.lab.standins.kubeclient import ApiError, KubeClient, Object, condition, connect
 from kubeha.lab.standins.leaderelection import LEADER_ELECTION_FLAGS, LeaderElector
 
@@ -32,6 +34,7 @@ FLAGS = {
     "node-monitor-grace-period": "40s",
     "node-monitor-period": "5s",
     **LEADER_ELECTION_FLAGS,
+    **secure_serving_flags(10257),
 }
 
 
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(str(flags["kubeconfig"]), log)
     if client is None:
         return 1
+    serve_healthz(flags, COMPONENT, log)
     monitor = NodeMonitor(client, parse_duration(str(flags["node-monitor-grace-period"])), log)
     period = parse_duration(str(flags["node-monitor-period"]))
     elector = LeaderElector.from_flags(flags, client, COMPONENT, log)
