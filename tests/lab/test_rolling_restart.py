@@ -10,6 +10,8 @@ from kubeha.inventory import load_inventory
 from kubeha.lb import backend_states, node_proxy_hosts
 from kubeha.model import Layout
 from kubeha.operations import components
+from kubeha.operations.etcd_plan import live_member
+from kubeha.operations.etcd_view import read_etcd_state
 from kubeha.plan import Journal, StepOutcome
 
 pytestmark = pytest.mark.lab
@@ -31,9 +33,22 @@ def nginx_confs(lab, inventory_path) -> dict[str, bytes]:
             for h in node_proxy_hosts(cluster)}
 
 
+def follower_and_leader(inventory_path) -> str:
+    """A master whose etcd member follows, then the one whose member leads (the leader's
+    restart moves leadership first): two masters show the order at two thirds of the time."""
+    with ClusterAccess(load_inventory(inventory_path)) as access:
+        cluster = access.cluster
+        state = read_etcd_state(access.etcd())
+        leads = {h.name: (m := live_member(state.members, cluster, h)) is not None and m.id == state.leader_id
+                 for h in cluster.masters}
+    return f"{next(h for h, lead in leads.items() if not lead)},{next(h for h, lead in leads.items() if lead)}"
+
+
 def test_every_component_restarts_master_by_master_without_a_failed_request(lab, inventory_path, tmp_path):
     before, pids, confs = workloads(inventory_path), processes(inventory_path), nginx_confs(lab, inventory_path)
-    plan = make_plan(inventory_path, "rolling-restart", {"component": EVERY_COMPONENT})
+    hosts = follower_and_leader(inventory_path)
+    plan = make_plan(inventory_path, "rolling-restart", {"component": EVERY_COMPONENT, "host": hosts})
+    assert [s.id for s in plan.steps if s.kind == "etcd-move-leader"] == [f"move-leader-off-{hosts.split(',')[1]}"]
     run = run_plan(plan, inventory_path, tmp_path / "journal.sqlite")
     assert_no_outage(run, longest_gap_ms=1000)
     with Journal(tmp_path / "journal.sqlite") as journal:
@@ -41,7 +56,9 @@ def test_every_component_restarts_master_by_master_without_a_failed_request(lab,
     assert set(outcomes.values()) == {StepOutcome.DONE} and len(outcomes) == len(plan.steps), outcomes
     assert nginx_confs(lab, inventory_path) == confs  # every apiserver put back as it was, byte for byte
     restarted = processes(inventory_path)
-    assert all(restarted[key] not in (None, pid) for key, pid in pids.items()), (pids, restarted)
+    chosen = hosts.split(",")
+    assert all(restarted[key] not in (None, pid) for key, pid in pids.items() if key[0] in chosen), (pids, restarted)
+    assert all(restarted[key] == pid for key, pid in pids.items() if key[0] not in chosen), (pids, restarted)
     after = workloads(inventory_path)
     assert after["pods"] == before["pods"]  # no pod on a worker deleted or made again
     assert after["not_ready_events"] == before["not_ready_events"]
