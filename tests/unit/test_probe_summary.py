@@ -111,3 +111,21 @@ def test_durations(text, expected):
 def test_bad_durations_are_input_errors(text):
     with pytest.raises(InputError):
         seconds(text)
+
+
+def test_a_refused_read_is_recorded_with_what_the_apiserver_said():
+    import httpx
+
+    from kubeha.probe.probe import RefusedAnswer, _http_path
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"kind": "Status", "message": "etcd: no leader", "code": 503})
+
+    path = _http_path("vip", "https://vip", httpx.Client(transport=httpx.MockTransport(answer),
+                                                          base_url="https://vip"), keep_alive=True)
+    try:
+        path.request()
+    except RefusedAnswer as e:
+        assert (e.status, str(e)) == (503, "etcd: no leader")
+    else:
+        raise AssertionError("a 503 must not count as an answer")

@@ -38,7 +38,24 @@ class ProbePath:
 
     name: str
     target: str  # what it reaches, for people
-    request: Callable[[], int | None]  # the HTTP status (None: not HTTP); raises when no answer
+    request: Callable[[], int | None]  # the 2xx status (None: not HTTP); RefusedAnswer, or raises when no answer
+
+
+class RefusedAnswer(Exception):
+    """An HTTP answer other than 2xx: its status and what the server said (a Status's
+    message), so a timeline shows why a request failed, not only that it did."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _said(response: httpx.Response) -> str:
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return " ".join(str(message or response.text).split())[:_ERROR_CHARS] or f"HTTP {response.status_code}"
 
 
 def _http_path(name: str, target: str, client: httpx.Client, keep_alive: bool,
@@ -46,8 +63,14 @@ def _http_path(name: str, target: str, client: httpx.Client, keep_alive: bool,
     """``server_name``: the name the server's certificate is checked against, if not the URL's."""
     headers = {} if keep_alive else {"Connection": "close"}
     extensions = {"sni_hostname": server_name} if server_name else {}
-    return ProbePath(name, target,
-                     lambda: client.get(READ_PATH, headers=headers, extensions=extensions).status_code)
+
+    def read() -> int:
+        response = client.get(READ_PATH, headers=headers, extensions=extensions)
+        if not 200 <= response.status_code < 300:
+            raise RefusedAnswer(response.status_code, _said(response))
+        return response.status_code
+
+    return ProbePath(name, target, read)
 
 
 class EtcdWriter:
@@ -201,6 +224,8 @@ class Probe:
         status, error = None, None
         try:
             status = path.request()
+        except RefusedAnswer as e:
+            status, error = e.status, str(e)
         except Exception as e:  # every failure is a data point, not a crash of the probe
             error = f"{type(e).__name__}: {e}"[:_ERROR_CHARS]
         ok = error is None and (status is None or 200 <= status < 300)
