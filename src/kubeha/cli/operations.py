@@ -29,6 +29,8 @@ from kubeha.cli.probe import summary_table
 from kubeha.errors import InputError, KubehaError
 from kubeha.inventory import Inventory, load_inventory
 from kubeha.operations import Operation, operation
+from kubeha.operations.simulator import StepVerdict, models
+from kubeha.operations.verify import refuse_unsafe, verify_plan
 from kubeha.plan import (
     Journal, JournalError, Plan, PlanError, Progress, RunAction, RunRecord, RunResult, StepOutcome,
     StepRecord, default_journal_path, engine, inventory_digest, plan_json, plan_markdown, plan_text, steps_to_undo,
@@ -63,6 +65,10 @@ JournalOption = Annotated[Path | None, typer.Option(
 FormatOption = Annotated[PlanFormat, typer.Option("--format", help="How to print the plan: text, markdown "
                                                   "(a runbook for a change ticket) or json.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for plans: the same as --format json).")]
+VerifyFlag = Annotated[bool, typer.Option("--verify", help="Play the plan through the simulator (etcd voters, "
+                                          "learners, leader, apiservers in the LBs, what each client reads) "
+                                          "and show the model after every step; refuse a plan that would "
+                                          "break a safety rule at any step.")]
 OutOption = Annotated[Path | None, typer.Option("--out", help="Save the plan JSON here (0600); default "
                                                 "<journal dir>/plans/<operation id>.json.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
@@ -175,12 +181,40 @@ def make_plan(operation_name: str, arguments: Mapping[str, str], inventory_path:
     return plan, inventory
 
 
+def print_verdicts(verdicts: Sequence[StepVerdict], console: Console) -> None:
+    console.print("simulated, step by step (the model after each step):")
+    for v in verdicts:
+        console.print(f"  {v.step}: {v.after.describe()}", soft_wrap=True)
+        for why in v.warnings:
+            console.print(Text.assemble("    ", Text("warning:", style="yellow"), f" {why}"), soft_wrap=True)
+        for why in v.violations:
+            console.print(Text.assemble("    ", Text("refused:", style="red"), f" {why}"), soft_wrap=True)
+
+
+def verified(plan: Plan, inventory: Inventory, console: Console, *, show: bool) -> None:
+    """Play ``plan`` through the simulator on the cluster as it is now; refuse it (PlanError)
+    when a step would break a safety rule."""
+    if not models(plan):
+        if show:
+            console.print("simulated: nothing (the simulator models none of this plan's step kinds)")
+        return
+    op = operation(plan.operation)
+    with ClusterAccess(inventory, etcd_endpoints=op.etcd_endpoints(plan, inventory)) as access:
+        verdicts = verify_plan(access, plan)
+    if show:
+        print_verdicts(verdicts, console)
+    refuse_unsafe(plan, verdicts)
+
+
 def plan_command(operation_name: str, arguments: Mapping[str, str], inventory_path: Path,
-                 journal: Path | None, fmt: PlanFormat, json_output: bool, out_file: Path | None) -> None:
+                 journal: Path | None, fmt: PlanFormat, json_output: bool, out_file: Path | None,
+                 verify: bool = False) -> None:
     journal_path = journal_path_of(journal)
-    plan, _ = make_plan(operation_name, arguments, inventory_path)
+    plan, inventory = make_plan(operation_name, arguments, inventory_path)
     fmt = PlanFormat.JSON if json_output else fmt
     print_plan(plan, fmt)
+    if verify:
+        verified(plan, inventory, err if fmt is PlanFormat.JSON else out, show=True)
     saved = save_plan(plan, out_file, journal_path)
     # with JSON on stdout, the notes go to stderr so stdout stays one JSON document
     notes = err if fmt is PlanFormat.JSON else out
@@ -387,6 +421,7 @@ def apply_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, yes: boo
     inventory = load_inventory(inventory_path)
     if not shown:
         typer.echo(plan_text(plan), nl=False)
+    verified(plan, inventory, out, show=False)  # a second, independent look before anything runs
     confirm(f"apply plan {plan.operation_id} ({len(plan.steps)} steps) to cluster {inventory.cluster.name}?", yes)
     with _open_journal(journal_path) as journal:
         run_operation(RunAction.APPLY, plan, op, inventory, journal, probe=not no_probe)
@@ -648,7 +683,7 @@ RemoveHost = Annotated[str, typer.Argument(metavar="HOST", help="The etcd member
 @plan_etcd_app.command("migrate")
 def plan_etcd_migrate(replace: ReplaceOption, inventory: InventoryOption = Path("cluster.yaml"),
                       journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
-                      json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+                      json_output: JsonFlag = False, out_file: OutOption = None, verify: VerifyFlag = False) -> None:
     """Plan moving etcd members to other hosts, one at a time, without losing quorum: each
     new member joins (as a learner where etcd supports it), catches up and is promoted, the
     apiservers are pointed at it, then the old member leaves. Changes nothing.
@@ -658,14 +693,16 @@ def plan_etcd_migrate(replace: ReplaceOption, inventory: InventoryOption = Path(
       kubeha plan etcd migrate --replace m1=s1,m2=s2 -i cluster.yaml
 
       kubeha plan etcd migrate --replace m1=s1 --format markdown > change-ticket.md
+
+      kubeha plan etcd migrate --replace m1=s1,m2=s2,m3=s3 --verify
     """
-    plan_command("etcd-migrate", {"replace": replace}, inventory, journal, fmt, json_output, out_file)
+    plan_command("etcd-migrate", {"replace": replace}, inventory, journal, fmt, json_output, out_file, verify)
 
 
 @plan_etcd_app.command("add")
 def plan_etcd_add(host: AddHost, inventory: InventoryOption = Path("cluster.yaml"),
                   journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
-                  json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+                  json_output: JsonFlag = False, out_file: OutOption = None, verify: VerifyFlag = False) -> None:
     """Plan adding an etcd member on HOST. Changes nothing.
 
     Examples:
@@ -674,13 +711,13 @@ def plan_etcd_add(host: AddHost, inventory: InventoryOption = Path("cluster.yaml
 
       kubeha plan etcd add s1 --json --out /tmp/add-s1.json
     """
-    plan_command("etcd-add", {"host": host}, inventory, journal, fmt, json_output, out_file)
+    plan_command("etcd-add", {"host": host}, inventory, journal, fmt, json_output, out_file, verify)
 
 
 @plan_etcd_app.command("remove")
 def plan_etcd_remove(host: RemoveHost, inventory: InventoryOption = Path("cluster.yaml"),
                      journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
-                     json_output: JsonFlag = False, out_file: OutOption = None) -> None:
+                     json_output: JsonFlag = False, out_file: OutOption = None, verify: VerifyFlag = False) -> None:
     """Plan removing the etcd member on HOST (refused when the rest could not keep quorum).
     Changes nothing.
 
@@ -690,7 +727,7 @@ def plan_etcd_remove(host: RemoveHost, inventory: InventoryOption = Path("cluste
 
       kubeha plan etcd remove m3 --format markdown
     """
-    plan_command("etcd-remove", {"host": host}, inventory, journal, fmt, json_output, out_file)
+    plan_command("etcd-remove", {"host": host}, inventory, journal, fmt, json_output, out_file, verify)
 
 
 def run_now(operation_name: str, arguments: Mapping[str, str], inventory_path: Path, journal: Path | None,
@@ -770,7 +807,7 @@ def _restart_arguments(component: str | None, host: str | None, timeout: float |
 def plan_rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
                          timeout: RestartTimeoutOption = None, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
                          fmt: FormatOption = PlanFormat.TEXT, json_output: JsonFlag = False,
-                         out_file: OutOption = None) -> None:
+                         out_file: OutOption = None, verify: VerifyFlag = False) -> None:
     """Plan restarting control-plane components one host and one component at a time: an
     apiserver (and etcd on a master) out of every load balancer while it restarts, back in
     when ready; etcd followers first, leadership moved off the leader before it restarts.
@@ -783,7 +820,7 @@ def plan_rolling_restart(component: ComponentOption = None, host: RestartHostsOp
       kubeha plan rolling-restart --component etcd,kube-apiserver --host m1,m2 --format markdown
     """
     plan_command("rolling-restart", _restart_arguments(component, host, timeout), inventory, journal, fmt, json_output,
-                 out_file)
+                 out_file, verify)
 
 
 def rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
