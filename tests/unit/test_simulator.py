@@ -104,3 +104,14 @@ def test_restarting_the_leader_without_moving_leadership_is_refused():
     plan = restart_plan(cluster, "etcd", leader_host="master1")
     found = violations(verdicts_of(cluster, without(plan, "move-leader-off-master1")))
     assert any("restart-etcd-master1" in v and "leader master1 is down" in v for v in found), found
+
+
+def test_a_client_left_naming_a_removed_member_when_the_plan_is_done_is_refused():
+    cluster = lab_cluster()
+    every = tuple(cluster.etcd_client_urls())  # kubeasz: each apiserver lists every member
+    facts = facts_for(cluster, apiserver_etcd_servers={m.name: every for m in cluster.masters})
+    plan = plan_for(cluster, adds=["spare2"], removes=["master2"], facts=facts)
+    assert violations(verdicts_of(cluster, plan, facts)) == []
+    final_pass = [s.id for s in plan.steps if s.kind == "apiserver-etcd-servers"]
+    found = violations(verdicts_of(cluster, without(plan, *final_pass), facts))
+    assert any("when the plan is done, master1 still names master2" in v for v in found), found

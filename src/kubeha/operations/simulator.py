@@ -176,6 +176,12 @@ def simulate(plan: Plan, cluster: Cluster, start: ControlPlaneModel) -> list[Ste
         v2, w2 = _judge(after, step, model, "after")
         verdicts.append(StepVerdict(step.id, during, after, tuple(dict.fromkeys(v1 + v2)), tuple(dict.fromkeys(w1 + w2))))
         model = after
+    if verdicts:  # when the plan is done, no client may still name a member the plan removed
+        stale = [f"when the plan is done, {consumer} still names {', '.join(sorted(gone))}, no longer served"
+                 for consumer, members in sorted(model.readers.items())
+                 if (gone := members & (_members(start) - _members(model)))]
+        last = verdicts[-1]
+        verdicts[-1] = replace(last, violations=last.violations + tuple(stale))
     return verdicts
 
 
