@@ -127,6 +127,14 @@ def _backup_dirs(lab, operation_id: str) -> list[str]:
 
 
 def test_unsafe_changes_are_refused_before_any_host_is_touched(lab, inventory_path, tmp_path):
+    # the simulator's model after every step of a real plan, on the live cluster
+    shown = subprocess.run([sys.executable, "-m", "kubeha.cli", "plan", "etcd", "migrate", "--replace", FORWARD,
+                            "--verify", "-i", str(inventory_path), "--journal", str(tmp_path / "j.sqlite")],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    model = shown.stdout.split("simulated, step by step")[1]
+    assert "remove-member-master1: voters" in model and "refused:" not in model
+    assert "update-inventory: voters spare1, spare2, spare3 (3 healthy, quorum 2)" in model
     with pytest.raises(PlanError, match="tolerate no failure"):
         make_plan(inventory_path, "etcd-remove", {"host": "master1,master2"})
     with pytest.raises(PlanError, match="leave 4 members"):
