@@ -123,3 +123,18 @@ def test_three_members_survive_losing_one(tmp_path):
         assert c.get("/t/three").value == b"still writable"
         leaders = {c.status(endpoint).leader for endpoint in cluster.endpoints[1:]}
         assert len(leaders) == 1 and 0 not in leaders
+
+
+def test_a_member_losing_leadership_or_stopping_sends_the_request_to_another_member():
+    import json
+
+    from kubeha.etcd.gateway import EtcdClient, _EndpointUnavailable
+
+    for said in ("raft proposal dropped", "raft: stopped", "etcdserver: leader changed"):
+        body = json.dumps({"error": said, "code": 2, "message": said})
+        with pytest.raises(_EndpointUnavailable):
+            EtcdClient._check_answer("https://m1:2379", "/v3/kv/put", 500, body)
+    refused = json.dumps({"error": "etcdserver: permission denied", "code": 7, "message": "etcdserver: permission denied"})
+    with pytest.raises(EtcdError, match="permission denied") as e:
+        EtcdClient._check_answer("https://m1:2379", "/v3/kv/put", 500, refused)
+    assert not isinstance(e.value, _EndpointUnavailable)

@@ -28,6 +28,10 @@ from kubeha.etcd.snapshot import SnapshotStatus, verify_snapshot
 __all__ = ["EtcdError", "SnapshotStatus", "verify_snapshot"]  # re-exported: callers import them from here
 
 _GRPC_UNAVAILABLE = 14
+# What a member says while it loses or gives up leadership, or stops (a member being moved
+# off, removed or restarted): nothing was applied through it; another member can answer.
+_TRANSIENT = ("raft proposal dropped", "raft: stopped", "etcdserver: server stopped", "etcdserver: leader changed",
+              "etcdserver: no leader")
 _KEEPALIVE = "/v3/lease/keepalive"  # a streaming endpoint: one request, answers until closed
 _T = TypeVar("_T")
 
@@ -254,7 +258,7 @@ class EtcdClient:
         error = answer.get("error")
         message = answer.get("message") or (error.get("message") if isinstance(error, dict) else error)
         message = " ".join(str(message or text[:200]).split())  # one line
-        if answer.get("code") == _GRPC_UNAVAILABLE or status_code == 503:
+        if answer.get("code") == _GRPC_UNAVAILABLE or status_code == 503 or any(t in message for t in _TRANSIENT):
             raise _EndpointUnavailable(f"{endpoint}: {message}")
         raise EtcdError(f"etcd at {endpoint} refused {path}: {message}")
 
