@@ -143,8 +143,9 @@ def port_of(access: ClusterAccess, cluster: Cluster, host: Host, component: str)
     return int(file_flags(access, cluster, host, component).get("secure-port") or HEALTH_PORTS[component])
 
 
-def process(access: ClusterAccess, cluster: Cluster, host: Host, component: str) -> ListenerProcess:
-    port = port_of(access, cluster, host, component)
+def process(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
+            port: int | None = None) -> ListenerProcess:
+    port = port or port_of(access, cluster, host, component)
     return access.fact(host, listener(port, skip_loopback=component == APISERVER))
 
 
@@ -155,27 +156,32 @@ def restart_token(operation_id: str, step_id: str) -> str:
     return f"{operation_id}/{step_id}"
 
 
-def static_pod_restarted_at(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
-                            token: str) -> float | None:
-    """When the manifest was changed to ask for restart ``token`` (its mtime), or None when
-    it does not ask for it."""
-    path = file_of(cluster, host, component)
-    text = access.get_file(host, path)
+def _restart_asked_at(access: ClusterAccess, host: Host, path: PurePosixPath, text: bytes | None,
+                      token: str) -> float | None:
+    """The manifest's mtime when ``text`` (its content) asks for restart ``token``, else None."""
     if text is None or pod_annotation(text.decode(), RESTART_ANNOTATION) != token:
         return None
     done = access.run(host, ["stat", "-c", "%Y", str(path)], check=True)
     return float(done.stdout.strip())
 
 
+def static_pod_restarted_at(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
+                            token: str) -> float | None:
+    """When the manifest was changed to ask for restart ``token`` (its mtime), or None when
+    it does not ask for it."""
+    path = file_of(cluster, host, component)
+    return _restart_asked_at(access, host, path, access.get_file(host, path), token)
+
+
 def restart(access: ClusterAccess, cluster: Cluster, host: Host, component: str, token: str,
             backup: BackupSet) -> float:
     """Ask for the restart; return the host time after which the new process must have started."""
     if runs_as_static_pod(cluster, host, component):
-        asked = static_pod_restarted_at(access, cluster, host, component, token)
-        if asked is not None:
-            return asked
         path = file_of(cluster, host, component)
         text = access.get_file(host, path)
+        asked = _restart_asked_at(access, host, path, text, token)
+        if asked is not None:
+            return asked
         if text is None:
             raise HostError(f"{host.name} has no {path}: does {component} run there as a static pod?")
         since = process(access, cluster, host, component).now
@@ -187,7 +193,8 @@ def restart(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
     return since
 
 
-def why_unhealthy(access: ClusterAccess, cluster: Cluster, host: Host, component: str) -> str | None:
+def why_unhealthy(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
+                  port: int | None = None) -> str | None:
     """Why the component on ``host`` is not healthy now, or None when it is. The apiserver's
     readiness is judged by the load balancers' put-back, which waits for /readyz."""
     if component == ETCD:
@@ -201,7 +208,7 @@ def why_unhealthy(access: ClusterAccess, cluster: Cluster, host: Host, component
         return None
     if component == APISERVER:
         return None
-    port = port_of(access, cluster, host, component)
+    port = port or port_of(access, cluster, host, component)
     local_port = access.loopback_port(host, port)
     try:
         # the component's serving cert is self-signed unless --tls-cert-file is set; only
@@ -215,12 +222,13 @@ def why_unhealthy(access: ClusterAccess, cluster: Cluster, host: Host, component
 
 def restarted(access: ClusterAccess, cluster: Cluster, host: Host, component: str, since: float) -> str | None:
     """Why the component is not yet restarted-and-healthy (after ``since``), or None."""
-    now = process(access, cluster, host, component)
+    port = port_of(access, cluster, host, component)  # read once per look: it may come from the file
+    now = process(access, cluster, host, component, port)
     if now.pid is None:
-        return f"no process listens on port {port_of(access, cluster, host, component)}"
+        return f"no process listens on port {port}"
     if not now.started_since(since):
         return f"the process listening (pid {now.pid}) started before the restart was asked for"
-    return why_unhealthy(access, cluster, host, component)
+    return why_unhealthy(access, cluster, host, component, port)
 
 
 def wait_restarted(access: ClusterAccess, cluster: Cluster, host: Host, component: str, since: float,
