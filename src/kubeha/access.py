@@ -292,8 +292,15 @@ class ClusterAccess:
                  mode: int | None = None, owner: str | None = None, backup: BackupSet) -> None:
         self._call(self.connection(host).put_file(path, content, mode=mode, owner=owner, backup=backup))
 
+    def put_files(self, host: str | Host, contents: Mapping[str | PurePosixPath, tuple[bytes, int | None]], *,
+                  owner: str | None = None, backup: BackupSet) -> None:
+        self._call(self.connection(host).put_files(contents, owner=owner, backup=backup))
+
     def remove_file(self, host: str | Host, path: str | PurePosixPath, *, backup: BackupSet) -> None:
         self._call(self.connection(host).remove_file(path, backup=backup))
+
+    def remove_files(self, host: str | Host, paths: Sequence[str | PurePosixPath], *, backup: BackupSet) -> None:
+        self._call(self.connection(host).remove_files(paths, backup=backup))
 
     def restore(self, host: str | Host, backup: BackupSet) -> tuple[BackupEntry, ...]:
         return self._call(self.connection(host).restore(backup))

@@ -79,7 +79,8 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
             if progress.step is not None and progress.event in ("done", "skipped-already-done", "checking"):
                 run.boundaries.append(boundary(progress.step.id, progress.event, read_etcd_state(watcher)))
 
-        prober = Probe(access, node_proxies=True, etcd_writes=True) if probe else None
+        prober = Probe(access, node_proxies=True, etcd_writes=True,
+                       skip_lb_hosts=op.retiring_lb_hosts(plan, inventory)) if probe else None
         if prober:
             prober.start()
         try:
@@ -167,6 +168,16 @@ def kubeha_check(inventory_path: Path) -> subprocess.CompletedProcess[str]:
     return _cli("check", "-i", str(inventory_path), timeout=120)
 
 
+def assert_nodes_untouched_and_check_passes(before: dict, inventory_path: Path) -> None:
+    """``before`` (``workloads``) still holds and `kubeha check` passes."""
+    after = workloads(inventory_path)
+    assert after["pods"] == before["pods"]  # no pod on a worker deleted or made again
+    assert after["not_ready_events"] == before["not_ready_events"]
+    assert set(after["ready"].values()) == {"True"}, after["ready"]
+    check = kubeha_check(inventory_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def final_lists(plan: Plan, before: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     """Each consumer's etcd list once ``plan`` is done: its last repoint's, else as before."""
     lists = dict(before)
@@ -237,6 +248,10 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 def resume_cli(operation_id: str, inventory: Path, journal: Path) -> subprocess.CompletedProcess[str]:
     return _cli("resume", operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
+
+
+def rollback_cli(operation_id: str, inventory: Path, journal: Path) -> subprocess.CompletedProcess[str]:
+    return _cli("rollback", operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
 
 
 def _finished(journal_path: Path, operation_id: str, step_id: str) -> bool:

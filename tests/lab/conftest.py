@@ -36,13 +36,19 @@ def inventory_path(lab, tmp_path):
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: it must see the extended mark
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.layouts(Layout.X, ...)``: the test runs on those layouts' labs only
-    (deselected on the others, so it is not reported as skipped)."""
+    (deselected on the others, so it is not reported as skipped).
+    ``@pytest.mark.extended_on(Layout.X, ...)``: on those layouts' labs the test is marked
+    ``extended`` (run by `scripts/test.sh -m extended tests/lab`, not by default)."""
     kept, dropped = [], []
     for item in items:
         marker = item.get_closest_marker("layouts")
         layout = getattr(item, "callspec", None) and item.callspec.params.get("lab")
+        extended = item.get_closest_marker("extended_on")
+        if extended and layout in extended.args:
+            item.add_marker(pytest.mark.extended)
         (dropped if marker and layout is not None and layout not in marker.args else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -149,7 +149,7 @@ def test_changed_backends_reload_haproxy_and_nginx_without_a_failed_request(lb_l
 
 def test_a_config_its_binary_rejects_changes_nothing_on_any_host(lb_lab, monkeypatch):
     before = lb_lab.managed_files()
-    monkeypatch.setattr("kubeha.lb.plan.render_haproxy_cfg", lambda cluster: "garbage here\n")
+    monkeypatch.setattr("kubeha.lb.plan.render_haproxy_cfg", lambda cluster, **_: "garbage here\n")
     inventory = Inventory(cluster=lb_lab.cluster_without_master3, ssh=lb_lab.inventory.ssh)
     with ClusterAccess(inventory) as access:
         state = read_lb_state(access, inventory.cluster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
@@ -12,7 +13,7 @@ from kubeha.hosts.facts import (
     InterfaceAddress, file_sha256, holds_address, parse_hostname, parse_ipv4_addresses, parse_sha256,
     parse_unit_states, unit_states,
 )
-from kubeha.hosts.files import FileStat, parse_stat
+from kubeha.hosts.files import FileStat, parse_saved, parse_stat, save_copies_command
 
 IP_ADDR = """\
 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
@@ -56,6 +57,17 @@ def test_parse_hostname_and_stat():
     assert parse_stat("4750 1234 1234 768\n") == FileStat(0o4750, 1234, 1234, 768)
 
 
+def test_many_files_are_backed_up_in_one_command(tmp_path):
+    there, copies = tmp_path / "there", tmp_path / "copies"
+    there.write_text("x")
+    there.chmod(0o640)
+    pairs = [(str(there), str(copies / "0001-there")), (str(tmp_path / "absent"), str(copies / "0002-absent"))]
+    done = subprocess.run(save_copies_command(pairs), capture_output=True, text=True, check=True)
+    saved = parse_saved(done.stdout)
+    assert saved[1] is None and saved[0] is not None and saved[0].mode == 0o640 and saved[0].size == 1
+    assert (copies / "0001-there").read_text() == "x" and not (copies / "0002-absent").exists()
+
+
 def test_describe_command_hides_arguments_of_sensitive_commands():
     assert describe_command(["etcdctl", "--password", "p4ss"]) == "`etcdctl --password p4ss`"
     assert describe_command(["etcdctl", "--password", "p4ss"], sensitive=True) == \
@@ -66,9 +78,11 @@ def test_describe_command_hides_arguments_of_sensitive_commands():
 def test_backup_manifest_keeps_the_first_record_of_a_path():
     manifest = BackupManifest(operation_id="op", host="m1")
     entry = BackupEntry(path="/etc/a", existed=False)
-    manifest = manifest.with_entry(entry)
+    manifest = manifest.with_entries(entry)
     assert manifest.entry("/etc/a") == entry and manifest.entry("/etc/b") is None
     assert manifest.saved_name("/etc/kubernetes/admin.conf") == "0002-admin.conf"
+    # copies named in one go, before their entries are made
+    assert manifest.saved_name("/etc/kubernetes/kubelet.conf", later=2) == "0004-kubelet.conf"
     assert BackupManifest.model_validate_json(manifest.model_dump_json()) == manifest
 
 

@@ -65,7 +65,10 @@ def _in_child(function: str, *args: object) -> dict:
 
 
 def test_haproxy_cfg_passes_haproxy_check(cluster: Cluster, tmp_path: Path) -> None:
-    cfg = _write(tmp_path, "haproxy.cfg", render_haproxy_cfg(cluster))
+    # a server out of rotation (a new master's apiserver not yet ready) starts disabled
+    text = render_haproxy_cfg(cluster, down={cluster.masters[-1].name})
+    assert f"server {cluster.masters[-1].name} {cluster.masters[-1].address}:6443 disabled\n" in text
+    cfg = _write(tmp_path, "haproxy.cfg", text)
     result = run("haproxy", "-c", "-f", str(cfg))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout

@@ -31,6 +31,8 @@ app.add_typer(operations.etcd_app, name="etcd")
 operations.plan_app.command("repoint-nodes")(nodes.plan_repoint_nodes)
 app.command("repoint-nodes")(nodes.repoint_nodes)
 app.command("rolling-restart")(operations.rolling_restart)
+app.command("add-master")(operations.add_master)
+app.command("remove-master")(operations.remove_master)
 
 err = Console(stderr=True)
 

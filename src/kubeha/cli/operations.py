@@ -379,7 +379,8 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
             _private_dir(probes)
             probe_id = new_run_id()
             prober = Probe(access, node_proxies=True, etcd_writes=True, run_id=probe_id,
-                           timeline=probes / f"probe-{probe_id}.jsonl")
+                           timeline=probes / f"probe-{probe_id}.jsonl",
+                           skip_lb_hosts=op.retiring_lb_hosts(plan, inventory))
             prober.start()
         display = RunDisplay(plan, action, prober)
         hooks: dict[str, Any] = {"cluster": access, "cluster_lock": cluster_lock_for(access),
@@ -840,8 +841,69 @@ def rolling_restart(component: ComponentOption = None, host: RestartHostsOption 
             no_probe)
 
 
+MasterHost = Annotated[str, typer.Argument(metavar="HOST", help="The host (of cluster.yaml).")]
+
+
+@plan_app.command("add-master")
+def plan_add_master(host: MasterHost, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                    fmt: FormatOption = PlanFormat.TEXT, json_output: JsonFlag = False, out_file: OutOption = None,
+                    verify: VerifyFlag = False) -> None:
+    """Plan making HOST a master, copied from a master that runs (PKI, kubeconfigs, kubelet,
+    manifests or units): listed by every load balancer out of rotation, kubelet started and
+    its Node marked as the others, its etcd member joined (stacked etcd), its apiserver put
+    into rotation only once ready, controller-manager and scheduler started. Changes nothing.
+
+    Examples:
+
+      kubeha plan add-master spare1 -i cluster.yaml
+
+      kubeha plan add-master spare1 --format markdown --verify
+    """
+    plan_command("add-master", {"host": host}, inventory, journal, fmt, json_output, out_file, verify)
+
+
+@plan_app.command("remove-master")
+def plan_remove_master(host: MasterHost, inventory: InventoryOption = Path("cluster.yaml"),
+                       journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT, json_output: JsonFlag = False,
+                       out_file: OutOption = None, verify: VerifyFlag = False) -> None:
+    """Plan retiring the master HOST: out of every load balancer, its components stopped,
+    its etcd member removed (leadership moved off it first), gone from every load balancer's
+    config, kubelet stopped and its Node deleted. Refused for the last master or when etcd
+    would be left without a failure to spare. Changes nothing.
+
+    Examples:
+
+      kubeha plan remove-master master3 -i cluster.yaml
+    """
+    plan_command("remove-master", {"host": host}, inventory, journal, fmt, json_output, out_file, verify)
+
+
+def add_master(host: MasterHost, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+               fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None, yes: YesOption = False,
+               no_probe: NoProbeOption = False) -> None:
+    """Make HOST a master without a failed request: plan, show, confirm, apply with the probe.
+
+    Examples:
+
+      kubeha add-master spare1 -i cluster.yaml
+    """
+    run_now("add-master", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
+def remove_master(host: MasterHost, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                  fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None, yes: YesOption = False,
+                  no_probe: NoProbeOption = False) -> None:
+    """Retire the master HOST without a failed request: plan, show, confirm, apply with the probe.
+
+    Examples:
+
+      kubeha remove-master master3 -i cluster.yaml --yes
+    """
+    run_now("remove-master", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
 __all__ = [
-    "PlanFormat", "ProbeCounters", "RunDisplay", "apply", "apply_plan", "current_inventory_digest", "etcd_app",
+    "PlanFormat", "ProbeCounters", "RunDisplay", "add_master", "apply", "apply_plan", "current_inventory_digest", "etcd_app",
     "journal_command", "journal_detail", "journal_list", "load_plan", "make_plan", "plan_app",
-    "probe_summary_from_json", "resume", "rollback", "rolling_restart", "run_operation", "save_plan",
+    "probe_summary_from_json", "remove_master", "resume", "rollback", "rolling_restart", "run_operation", "save_plan",
 ]

@@ -60,9 +60,10 @@ class BackupManifest(BaseModel):
     def entry(self, path: str) -> BackupEntry | None:
         return next((e for e in self.entries if e.path == path), None)
 
-    def with_entry(self, entry: BackupEntry) -> BackupManifest:
-        return self.model_copy(update={"entries": (*self.entries, entry)})
+    def with_entries(self, *entries: BackupEntry) -> BackupManifest:
+        return self.model_copy(update={"entries": (*self.entries, *entries)})
 
-    def saved_name(self, path: str) -> str:
-        """A unique, readable name for the copy of ``path``."""
-        return f"{len(self.entries) + 1:04d}-{PurePosixPath(path).name}"
+    def saved_name(self, path: str, later: int = 0) -> str:
+        """A unique, readable name for the copy of ``path`` (``later``: how many copies are
+        named before it that are not entries yet)."""
+        return f"{len(self.entries) + later + 1:04d}-{PurePosixPath(path).name}"

@@ -12,7 +12,7 @@ import logging
 import os
 import shlex
 import textwrap
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Self
@@ -257,14 +257,26 @@ class HostConnection(OpenedWhileUsed):
         ``mode`` and ``owner`` ("user:group", names or ids) default to those of the file
         replaced, else 0644 and root. Missing parent directories are made.
         """
-        path = _posix_path(path)
-        await self._back_up(path, backup)
-        await self._install(path, "/dev/stdin", mode, owner, f"writing {path}", content)
+        await self.put_files({path: (content, mode)}, owner=owner, backup=backup)
+
+    async def put_files(self, contents: Mapping[str | PurePosixPath, tuple[bytes, int | None]], *,
+                        owner: str | None = None, backup: BackupSet) -> None:
+        """``put_file`` for each path -> (content, mode), every one backed up first in one go."""
+        wanted = {_posix_path(path): pair for path, pair in contents.items()}
+        await self._back_up(list(wanted), backup)
+        for path, (content, mode) in wanted.items():
+            await self._install(path, "/dev/stdin", mode, owner, f"writing {path}", content)
 
     async def remove_file(self, path: str | PurePosixPath, *, backup: BackupSet) -> None:
-        path = _posix_path(path)
-        await self._back_up(path, backup)
-        await self._execute(files.remove_command(path), f"removing {path}")
+        await self.remove_files([path], backup=backup)
+
+    async def remove_files(self, paths: Sequence[str | PurePosixPath], *, backup: BackupSet) -> None:
+        """Remove the files (absent ones are fine), every one backed up first."""
+        wanted = [_posix_path(path) for path in paths]
+        if wanted:
+            await self._back_up(wanted, backup)
+            await self._execute(files.remove_command(*wanted), f"removing {', '.join(wanted[:3])}"
+                                + (f" and {len(wanted) - 3} more" if len(wanted) > 3 else ""))
 
     async def restore(self, backup: BackupSet) -> tuple[BackupEntry, ...]:
         """Put every file the backup saved back as it was; returns the entries restored."""
@@ -283,27 +295,29 @@ class HostConnection(OpenedWhileUsed):
                        what: str, content: bytes | None = None) -> None:
         await self._execute(files.install_command(path, source, mode, owner), what, input=content)
 
-    async def _back_up(self, path: str, backup: BackupSet) -> None:
-        """Save the file as it is now, unless this operation already did: the first save is
-        the state to restore."""
+    async def _back_up(self, paths: Sequence[str], backup: BackupSet) -> None:
+        """Save each file as it is now, unless this operation already did (the first save is
+        the state to restore): one command copies them all, one write records them."""
         async with self._backup_lock:
             manifest = (await self._read_manifest(backup)
                         or BackupManifest(operation_id=backup.operation_id, host=self.name))
-            if manifest.entry(path) is not None:
+            todo = [path for path in dict.fromkeys(paths) if manifest.entry(path) is None]
+            if not todo:
                 return
-            saved_as = manifest.saved_name(path)
+            names = [manifest.saved_name(path, later=i) for i, path in enumerate(todo)]
             done = await self._execute(
-                files.save_copy_command(path, str(backup.directory / saved_as)), f"backing up {path}")
-            line = _text(done.stdout).strip()
-            if line:
-                st = files.parse_stat(line)
-                entry = BackupEntry(path=path, existed=True, saved_as=saved_as, mode=st.mode,
-                                    uid=st.uid, gid=st.gid, size=st.size)
-            else:
-                entry = BackupEntry(path=path, existed=False)
+                files.save_copies_command((path, str(backup.directory / name)) for path, name in zip(todo, names)),
+                f"backing up {', '.join(todo[:3])}" + (f" and {len(todo) - 3} more" if len(todo) > 3 else ""))
+            stats = files.parse_saved(_text(done.stdout))
+            if len(stats) != len(todo):
+                raise HostError(f"{self.name}: backing up {len(todo)} files printed {len(stats)} results")
+            entries = [BackupEntry(path=path, existed=False) if st is None else
+                       BackupEntry(path=path, existed=True, saved_as=name, mode=st.mode, uid=st.uid, gid=st.gid,
+                                   size=st.size)
+                       for path, name, st in zip(todo, names, stats)]
             await self._install(str(backup.manifest_path), "/dev/stdin", 0o600, None,
                                 f"writing the backup manifest {backup.manifest_path}",
-                                manifest.with_entry(entry).model_dump_json(indent=2).encode())
+                                manifest.with_entries(*entries).model_dump_json(indent=2).encode())
 
     async def _read_manifest(self, backup: BackupSet) -> BackupManifest | None:
         raw = await self.get_file(backup.manifest_path)

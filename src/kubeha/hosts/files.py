@@ -10,6 +10,7 @@ spliced into the script text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MISSING = 44  # exit status of a script that found nothing at its path
@@ -41,13 +42,14 @@ sync -- "$dir"
 
 # Copy $1, if it exists, to $2 (in a directory only the running user can read) and print
 # its mode, owner and size; print nothing if it does not exist.
-_SAVE_COPY = f"""set -e
+# For each (path, copy) pair: its stat line once copied, or "-" when there is no such file.
+_SAVE_COPIES = f"""set -e
 umask 077
-mkdir -p -- "$(dirname -- "$2")"
-[ -e "$1" ] || exit 0
-stat -c '{_STAT_FORMAT}' -- "$1"
-cat -- "$1" > "$2"
-sync -- "$2"
+while [ $# -gt 1 ]; do
+  mkdir -p -- "$(dirname -- "$2")"
+  if [ -e "$1" ]; then stat -c '{_STAT_FORMAT}' -- "$1"; cat -- "$1" > "$2"; sync -- "$2"; else echo -; fi
+  shift 2
+done
 """
 
 
@@ -77,12 +79,18 @@ def stat_command(path: str) -> list[str]:
     return _sh(_IF_EXISTS + f"exec stat -c '{_STAT_FORMAT}' -- \"$1\"", path)
 
 
-def remove_command(path: str) -> list[str]:
-    return ["rm", "-f", "--", path]
+def remove_command(*paths: str) -> list[str]:
+    return ["rm", "-f", "--", *paths]
 
 
-def save_copy_command(path: str, copy_path: str) -> list[str]:
-    return _sh(_SAVE_COPY, path, copy_path)
+def save_copies_command(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """Copy each path to its copy path (private), in one command; see ``parse_saved``."""
+    return _sh(_SAVE_COPIES, *(part for pair in pairs for part in pair))
+
+
+def parse_saved(stdout: str) -> list[FileStat | None]:
+    """What ``save_copies_command`` printed: each path's stat, or None when it did not exist."""
+    return [None if line.strip() == "-" else parse_stat(line) for line in stdout.splitlines() if line.strip()]
 
 
 def install_command(target: str, source: str, mode: int | None, owner: str | None) -> list[str]:

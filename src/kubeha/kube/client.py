@@ -137,3 +137,19 @@ def lease_renewed(api: k8s.ApiClient, node: str) -> float | None:
     if not renewed:
         return None
     return datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
+
+
+def read_node(api: k8s.ApiClient, node: str) -> dict[str, Any] | None:
+    """The Node as JSON, or None when there is none."""
+    return _raw_json(api, f"reading Node {node}", lambda **kw: k8s.CoreV1Api(api).read_node(node, **kw))
+
+
+def patch_node(api: k8s.ApiClient, node: str, body: dict[str, Any], timeout: float = 10.0) -> None:
+    """A strategic merge patch of the Node (labels, taints, unschedulable)."""
+    _call(api, f"patching Node {node}", lambda **kw: k8s.CoreV1Api(api).patch_node(node, body, **kw), timeout)
+
+
+def delete_node(api: k8s.ApiClient, node: str, timeout: float = 10.0) -> None:
+    """Delete the Node; one that is gone already is fine."""
+    _call(api, f"deleting Node {node}", lambda **kw: k8s.CoreV1Api(api).delete_node(node, **kw), timeout,
+          absent_ok=True)

@@ -164,7 +164,7 @@ class Lab:
         hosts_text = etc_hosts(topology)
         # Certificates are the slow part of a host: make them in parallel, then build hosts.
         with ThreadPoolExecutor(max_workers=4) as pool:
-            files = list(pool.map(lambda h: host_files(cluster, h, auth) if h in cluster.hosts else {},
+            files = list(pool.map(lambda h: host_files(cluster, h, auth),
                                   topology.hosts))
         for index, (host, host_file_set) in enumerate(zip(topology.hosts, files)):
             self.log(f"building host {host.name} ({host.address})")

@@ -116,10 +116,16 @@ def kubeconfig_file(cluster: Cluster, auth: ClusterAuthorities, identity: tuple[
 
 
 def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFiles:
-    """Every file the lab installs on ``host``: certs, kubeconfigs, units or manifests, LB configs."""
+    """Every file the lab installs on ``host``: certs, kubeconfigs, units or manifests, LB
+    configs. A spare gets only what makes it a machine of the lab."""
     paths = cluster.paths
     is_master = host.has(Role.MASTER)
-    files: PkiFiles = dict(ca_files(cluster, auth, with_keys=is_master))
+    # on every host, as a package would install keepalived's unit: `kubeha lb apply` or a
+    # new master may start keepalived on any of them
+    files: PkiFiles = {KEEPALIVED_DROPIN: (KEEPALIVED_DROPIN_TEXT.encode(), 0o644)}
+    if host not in cluster.hosts:
+        return files
+    files.update(ca_files(cluster, auth, with_keys=is_master))
     if host.has(Role.ETCD):
         files.update(etcd_member_files(cluster, host, auth))
     if is_master:
@@ -131,9 +137,6 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
         files[paths.scheduler_kubeconfig] = kubeconfig_file(cluster, auth, SCHEDULER, local)
         for rendered in render_control_plane(cluster, host):
             files[rendered.path] = (rendered.content.encode(), rendered.mode)
-    if host in cluster.lb_hosts:
-        # also without a VIP yet: `kubeha lb apply` may install keepalived later
-        files[KEEPALIVED_DROPIN] = (KEEPALIVED_DROPIN_TEXT.encode(), 0o644)
     if host in cluster.lb_hosts and cluster.vip is not None:
         files[paths.haproxy_cfg] = (render_haproxy_cfg(cluster).encode(), 0o644)
         conf = render_keepalived_conf(cluster, host, keepalived_priority(cluster, host))

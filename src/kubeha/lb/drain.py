@@ -371,7 +371,9 @@ def take_out(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
     _carry_out(access, cluster, server, True, confs, backup, lbs, drain)
 
 
-def _wait_ready(access: ClusterAccess, cluster: Cluster, server: str, deadline: float) -> None:
+def wait_ready(access: ClusterAccess, cluster: Cluster, server: str, deadline: float) -> None:
+    """Return once the apiserver of master ``server`` answers /readyz with 200 (HostError at
+    ``deadline``, a ``time.monotonic()`` value)."""
     address = cluster.host(server).address
     url = f"https://{address}:{cluster.apiserver_port}"
     client = access.http(url, timeout=2.0)
@@ -400,7 +402,7 @@ def put_back(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
     ``timeout``)."""
     deadline = time.monotonic() + timeout
     masters = _master_names(cluster, server)
-    _wait_ready(access, cluster, server, deadline)
+    wait_ready(access, cluster, server, deadline)
     states, files = _read_states(access, cluster)
     confs = _new_confs(cluster, files, masters, lambda down: down - {server})
     lbs = [h for h, servers in states.haproxy.items() if server in servers]
@@ -418,5 +420,5 @@ def put_back(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
 
 __all__ = [
     "HAPROXY_BACKEND", "BackendStates", "DrainRefused", "HaproxyServer", "backend_states", "haproxy_api",
-    "parse_node_proxy_rotation", "parse_show_stat", "put_back", "refusal", "take_out",
+    "parse_node_proxy_rotation", "parse_show_stat", "put_back", "refusal", "take_out", "wait_ready",
 ]

@@ -117,14 +117,15 @@ def node_proxy_hosts(cluster: Cluster) -> tuple[Host, ...]:
     return cluster.workers
 
 
-def lb_configs(cluster: Cluster) -> tuple[ManagedConfig, ...]:
-    """Every config file of the HA path, rendered, in execution order."""
+def lb_configs(cluster: Cluster, down: Collection[str] = ()) -> tuple[ManagedConfig, ...]:
+    """Every config file of the HA path, rendered, in execution order; the apiservers
+    named in ``down`` listed out of rotation."""
     if cluster.vip is None:
         raise InputError(f"cluster {cluster.name} has no VIP: set vip in the inventory "
                          "(an unused address of the hosts' subnet)")
     paths = cluster.paths
-    haproxy_cfg = render_haproxy_cfg(cluster).encode()
-    nginx_conf = render_node_proxy_conf(cluster).encode()
+    haproxy_cfg = render_haproxy_cfg(cluster, down=down).encode()
+    nginx_conf = render_node_proxy_conf(cluster, down=down).encode()
     lbs = cluster.lb_hosts  # highest keepalived priority first
     return (
         tuple(ManagedConfig(h, HAPROXY, paths.haproxy_cfg, haproxy_cfg) for h in lbs)
@@ -139,13 +140,13 @@ FileKey = tuple[str, PurePosixPath]  # (host name, path)
 
 
 def plan_lb_apply(cluster: Cluster, current_files: Mapping[FileKey, bytes | None],
-                  running: Collection[tuple[str, str]] | None = None) -> LbPlan:
+                  running: Collection[tuple[str, str]] | None = None, down: Collection[str] = ()) -> LbPlan:
     """What `lb apply` does: write each config that differs from ``current_files`` (a key
     missing there counts as a missing file); start each service that is not ``running``
     ((host, unit) pairs; default: those whose config exists), reload each running one
     whose config changes."""
     steps = []
-    for config in lb_configs(cluster):
+    for config in lb_configs(cluster, down):
         current = current_files.get((config.host.name, config.path))
         changed = current != config.content
         is_running = (current is not None if running is None

@@ -16,9 +16,9 @@ _registered: dict[str, Operation] = {}
 
 def _builtin() -> tuple[Operation, ...]:
     """The operations kubeha ships, imported on first use."""
-    from kubeha.operations import etcd, nodes, restart
+    from kubeha.operations import etcd, masters, nodes, restart
 
-    return (*etcd.OPERATIONS, *restart.OPERATIONS, *nodes.OPERATIONS)
+    return (*etcd.OPERATIONS, *masters.OPERATIONS, *restart.OPERATIONS, *nodes.OPERATIONS)
 
 
 def operations() -> dict[str, Operation]:

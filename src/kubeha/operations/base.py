@@ -38,6 +38,11 @@ class Operation(ABC):
         an operation that changes etcd members lists the members before and after."""
         return inventory.cluster.etcd_client_urls()
 
+    def retiring_lb_hosts(self, plan: Plan, inventory: Inventory) -> tuple[str, ...]:
+        """LB hosts the plan stops serving (the probe sends them nothing: their silence is
+        the plan's, not an outage)."""
+        return ()
+
     def inventory_matches(self, plan: Plan, digest: str) -> bool:
         """Whether the current inventory (``digest``) is one this plan can run on: the one it
         was made from, or (for an operation that rewrites the inventory) its result."""

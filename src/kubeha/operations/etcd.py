@@ -24,7 +24,7 @@ from kubeha.etcd.errors import EtcdError
 from kubeha.etcd.snapshot import verify_snapshot
 from kubeha.hosts import BackupSet
 from kubeha.inventory import Inventory, dump_inventory
-from kubeha.model import Cluster, Host
+from kubeha.model import Cluster, Host, Role
 from kubeha.operations import apiserver, etcd_hosts
 from kubeha.operations.calico import RepointCalico, read_calico_config
 from kubeha.operations.base import Operation
@@ -45,10 +45,11 @@ CATCH_UP_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 _POLL = 0.5
 
+# the safety checks etcd plans name (operations that embed etcd steps register them too)
+CHECKS = ((ETCD_HEALTHY, etcd_healthy), (NO_OTHER_LEARNER, no_other_learner), (CAUGHT_UP, caught_up),
+          (NOT_LEADER, not_leader), (MAJORITY_AFTER, majority_after), (LB_SPARE, lb_spare), (VIP_HELD, vip_held))
 registry = Registry()
-for _name, _check in ((ETCD_HEALTHY, etcd_healthy), (NO_OTHER_LEARNER, no_other_learner), (CAUGHT_UP, caught_up),
-                      (NOT_LEADER, not_leader), (MAJORITY_AFTER, majority_after), (LB_SPARE, lb_spare),
-                      (VIP_HELD, vip_held)):
+for _name, _check in CHECKS:
     registry.step_check(_name)(_check)
 
 
@@ -73,7 +74,13 @@ def _etcd(ctx: StepContext) -> EtcdClient:
 
 
 def _host(ctx: StepContext) -> Host:
-    return _access(ctx).cluster.host(str(ctx.step.arguments["host"]))
+    """The step's host; with the roles it has once the operation is done when the step says
+    them (a new master's etcd member runs as a static pod on kubeadm)."""
+    host = _access(ctx).cluster.host(str(ctx.step.arguments["host"]))
+    roles = ctx.step.arguments.get("roles")
+    if not isinstance(roles, list):
+        return host
+    return host.model_copy(update={"roles": frozenset(Role(str(r)) for r in roles)})
 
 
 def _peer_url(ctx: StepContext) -> str:
@@ -442,8 +449,9 @@ def _write_atomically(path: Path, content: bytes, mode: int) -> None:
     os.replace(partial, path)
 
 
-for _kind in (TakeSnapshot(), AddMember(), StartMember(), PromoteMember(), RepointApiserver(), MoveLeader(),
-              RemoveMember(), StopMember(), UpdateInventory(), RepointCalico()):
+KINDS = (TakeSnapshot(), AddMember(), StartMember(), PromoteMember(), RepointApiserver(), MoveLeader(),
+         RemoveMember(), StopMember(), UpdateInventory(), RepointCalico())
+for _kind in KINDS:
     registry.add_kind(_kind)
 
 

@@ -180,8 +180,10 @@ def etcd_servers_after(current: Sequence[str], host: Host | None, before: Sequen
     return kept or every_after
 
 
-def refusals(cluster: Cluster, change: MembershipChange, facts: EtcdFacts) -> list[str]:
-    """Every reason the change must not be planned now."""
+def refusals(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, *, even_ok: bool = False) -> list[str]:
+    """Every reason the change must not be planned now. ``even_ok``: an even member count
+    is allowed (it tolerates no more failures than one fewer, but loses nothing; masters
+    come and go one at a time)."""
     reasons = [f"etcd member {line} (every member must be healthy before a membership change)"
                for line in facts.unhealthy]
     if not facts.leader_id:
@@ -204,7 +206,7 @@ def refusals(cluster: Cluster, change: MembershipChange, facts: EtcdFacts) -> li
     final = len(voters) + len(change.adds) - len(change.removes)
     if final < 1:
         reasons.append("the change would leave etcd without members")
-    elif final % 2 == 0:
+    elif final % 2 == 0 and not even_ok:
         reasons.append(f"the change would leave {final} members: an even count tolerates no more failures "
                        f"than {final - 1}; add or remove one more")
     elif len(voters) >= 3 and final < 3:
@@ -317,7 +319,7 @@ def _pairs(cluster: Cluster, change: MembershipChange, facts: EtcdFacts) -> list
 CALICO = "calico"  # the consumer key of calico's etcd endpoints, beside the masters' names
 
 
-def _membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, after: Cluster,
+def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, after: Cluster,
                       learners: bool) -> list[Step]:
     """Pair by pair: the new member joins; each consumer (an apiserver's --etcd-servers,
     calico's endpoints) left with no staying member is repointed at the members after the
@@ -398,6 +400,29 @@ def _names_a_member(urls: Sequence[str], host: Host | None, members: Sequence[Ho
     return bool(named & {h.name for h in staying})
 
 
+def snapshot_step(operation_id: str, keeper: Host | None, snapshot_dir: Path) -> Step:
+    """A verified etcd snapshot, kept here and (when there is one) on the master ``keeper``."""
+    local = str(snapshot_dir / f"{operation_id}.db")
+    remote = f"/var/lib/kubeha/snapshots/{operation_id}.db"
+    return Step(
+        id="snapshot", kind="etcd-snapshot", title="Take and verify an etcd snapshot, kept here and on a master",
+        hosts=(keeper.name,) if keeper else (),
+        changes=(_change(ChangeKind.FILE, local, None, None, "verified snapshot"),)
+        + ((_change(ChangeKind.FILE, remote, keeper.name, None, "same snapshot"),) if keeper else ()),
+        safety_checks=(ETCD_HEALTHY,), verification="etcdutl/etcdctl snapshot status passes; both copies have one digest",
+        rollback="nothing to undo: the snapshot is kept", estimated_seconds=5,
+        arguments={"local_path": local, "host": keeper.name if keeper else "", "remote_path": remote})
+
+
+def inventory_step(path: Path, digest: str, content: str, digest_after: str, what: str) -> Step:
+    """The inventory file rewritten once the operation is done (``what``: what is new in it)."""
+    return Step(
+        id="update-inventory", kind="inventory-update", title=f"Rewrite {path}: {what}",
+        changes=(_change(ChangeKind.FILE, str(path), None, digest, digest_after),),
+        verification=f"the inventory file has {what}", rollback=f"restore {path} from its backup beside it",
+        estimated_seconds=1, arguments={"path": str(path), "content": content, "digest": digest_after})
+
+
 def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
                     change: MembershipChange, facts: EtcdFacts, inventory_digest: str, inventory_path: Path,
                     inventory_after: str, inventory_after_digest: str, snapshot_dir: Path, now: datetime) -> Plan:
@@ -408,31 +433,18 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
     after = cluster_after(cluster, change)
     learners = supports_learners(facts.version)
     keeper = next((m for m in cluster.masters if m not in change.removes), cluster.masters[0] if cluster.masters else None)
-    steps = [Step(
-        id="snapshot", kind="etcd-snapshot", title="Take and verify an etcd snapshot, kept here and on a master",
-        hosts=(keeper.name,) if keeper else (),
-        changes=(_change(ChangeKind.FILE, str(snapshot_dir / f"{operation_id}.db"), None, None, "verified snapshot"),)
-        + ((_change(ChangeKind.FILE, f"/var/lib/kubeha/snapshots/{operation_id}.db", keeper.name, None, "same snapshot"),)
-           if keeper else ()),
-        safety_checks=(ETCD_HEALTHY,), verification="etcdutl/etcdctl snapshot status passes; both copies have one digest",
-        rollback="nothing to undo: the snapshot is kept", estimated_seconds=5,
-        arguments={"local_path": str(snapshot_dir / f"{operation_id}.db"),
-                   "host": keeper.name if keeper else "",
-                   "remote_path": f"/var/lib/kubeha/snapshots/{operation_id}.db"})]
-    steps += _membership_steps(cluster, change, facts, after, learners)
-    steps.append(Step(
-        id="update-inventory", kind="inventory-update", title=f"Rewrite {inventory_path} with the new etcd members",
-        changes=(_change(ChangeKind.FILE, str(inventory_path), None, inventory_digest, inventory_after_digest),),
-        verification="the inventory file has the new members",
-        rollback=f"restore {inventory_path} from its backup beside it", estimated_seconds=1,
-        arguments={"path": str(inventory_path), "content": inventory_after, "digest": inventory_after_digest}))
+    steps = [snapshot_step(operation_id, keeper, snapshot_dir)]
+    steps += membership_steps(cluster, change, facts, after, learners)
+    steps.append(inventory_step(inventory_path, inventory_digest, inventory_after, inventory_after_digest,
+                                "the new etcd members"))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(steps))
 
 
 __all__ = [
-    "CAUGHT_UP", "ETCD_HEALTHY", "EtcdFacts", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
+    "CAUGHT_UP", "ETCD_HEALTHY", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
     "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "live_member",
-    "membership_change", "membership_plan", "parse_hosts", "parse_pairs", "peer_url", "refusals",
+    "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals",
+    "snapshot_step",
     "supports_learners",
 ]

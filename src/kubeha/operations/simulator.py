@@ -25,7 +25,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MODELLED_KINDS = frozenset({
     "etcd-snapshot", "etcd-add-member", "etcd-start-member", "etcd-promote-member", "etcd-move-leader",
     "etcd-remove-member", "etcd-stop-member", "apiserver-etcd-servers", "calico-etcd-endpoints", "inventory-update",
-    "restart-component",
+    "restart-component", "master-files", "master-files-removed", "lb-server", "lb-rotation", "master-component", "master-node",
 })
 
 
@@ -139,7 +139,18 @@ def effect(model: ControlPlaneModel, step: Step, cluster: Cluster) -> tuple[Cont
         if args.get("component") == "etcd":
             during = replace(during, serving=during.serving - {host})
         return during, model
-    return model, model  # snapshot, inventory: nothing the rules look at
+    if kind == "lb-rotation":
+        after = replace(model, in_lbs=model.in_lbs | {host} if args.get("into") else model.in_lbs - {host})
+        return (model if args.get("into") else after), after
+    if kind == "master-component" and args.get("component") == "kube-apiserver":
+        if args.get("start"):
+            named = _hosts_named([str(u) for u in args.get("etcd_servers") or []], host, cluster)  # type: ignore[union-attr]
+            after = replace(model, masters=model.masters | {host}, readers={**model.readers, host: named})
+        else:
+            after = replace(model, masters=model.masters - {host}, in_lbs=model.in_lbs - {host},
+                            readers={k: v for k, v in model.readers.items() if k != host})
+        return after, after
+    return model, model  # snapshot, files, configs, kubelet, inventory: nothing the rules look at
 
 
 def _judge(model: ControlPlaneModel, step: Step, before: ControlPlaneModel, when: str) -> tuple[list[str], list[str]]:

@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +119,10 @@ class Probe:
 
     def __init__(self, access: ClusterAccess, interval: float = 0.05, node_proxies: bool = False,
                  etcd_writes: bool = False, *, keep_alive: bool = False, timeout: float = 1.0,
-                 timeline: Path | None = None, run_id: str | None = None) -> None:
+                 timeline: Path | None = None, run_id: str | None = None,
+                 skip_lb_hosts: Collection[str] = ()) -> None:
         self.access = access
+        self.skip_lb_hosts = frozenset(skip_lb_hosts)  # LB hosts the run retires
         self.interval = interval
         self.node_proxies = node_proxies
         self.etcd_writes = etcd_writes
@@ -162,7 +164,7 @@ class Probe:
         paths = [_http_path("vip" if cluster.vip else "endpoint", endpoint, self._client(endpoint),
                             self.keep_alive)]
         if cluster.vip is not None:
-            for host in cluster.lb_hosts:
+            for host in (h for h in cluster.lb_hosts if h.name not in self.skip_lb_hosts):
                 url = f"https://{host.address}:{cluster.vip.port}"
                 # the LB hands the connection to any apiserver, whose certificate names the
                 # VIP (what clients of an LB connect to), not necessarily this LB host

@@ -72,20 +72,22 @@ def _vip(cluster: Cluster) -> VirtualIP:
 
 
 def render_haproxy_cfg(
-    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None
+    cluster: Cluster, backends: Sequence[tuple[str, str, int]] | None = None, *, down: Collection[str] = (),
 ) -> str:
     """haproxy.cfg for an LB host: TCP passthrough from ``*:<vip port>`` to the apiservers.
 
     ``backends`` (name, address, port) replaces the cluster's masters, for transitional
     sets. Servers are health-checked with ``GET /readyz`` over TLS; sessions on a server
     marked down are cut; the runtime API listens on ``HAPROXY_ADMIN_SOCKET``. Works with
-    the Debian unit (``haproxy -Ws``): no daemon, chroot or user lines.
+    the Debian unit (``haproxy -Ws``): no daemon, chroot or user lines. Servers named in
+    ``down`` start ``disabled`` (in maintenance: a new apiserver not yet ready).
     """
     return render_template(
         "haproxy.cfg.j2",
         cluster_name=cluster.name,
         ports=sorted({_vip(cluster).port, *(v.port for v in cluster.vips)}),
         backends=_backends(cluster, backends),
+        down=frozenset(down),
         admin_socket=HAPROXY_ADMIN_SOCKET,
         hard_stop_after="30s",
         check=_haproxy_check(cluster),

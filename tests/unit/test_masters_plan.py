@@ -1,0 +1,114 @@
+"""Planning add-master and remove-master: pure, no hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_etcd_plan import NOW, facts_for, lab_cluster, member
+
+from kubeha.errors import InputError
+from kubeha.model import Host, Layout, Role
+from kubeha.operations.masters import registry
+from kubeha.operations.masters_plan import (
+    add_master_plan, master_change, remove_master_plan, retarget, with_roles,
+)
+from kubeha.operations.simulator import model_from_facts, simulate, violations
+from kubeha.plan import PlanError
+
+
+def plan(cluster, name, adding, facts=None, leader_elect=None):
+    host, change = master_change(cluster, name, adding)
+    common = dict(operation="add-master" if adding else "remove-master", operation_id="op-1", arguments={"host": name},
+                  cluster=cluster, host=host, change=change, facts=facts or facts_for(cluster),
+                  inventory_digest="sha256:a", inventory_path=Path("/tmp/cluster.yaml"), inventory_after="after",
+                  inventory_after_digest="sha256:b", snapshot_dir=Path("/tmp/snapshots"), now=NOW)
+    if adding:
+        return add_master_plan(leader_elect=leader_elect or {}, **common)
+    return remove_master_plan(**common)
+
+
+def four_masters(layout=Layout.KUBEADM):
+    cluster = lab_cluster(layout)
+    return with_roles(cluster, "spare1", ["etcd", "master"])
+
+
+def test_a_new_stacked_master_gets_files_lb_kubelet_etcd_then_apiserver_then_rotation():
+    p = plan(lab_cluster(), "spare1", True)
+    assert [s.id for s in p.steps] == [
+        "snapshot", "copy-master-files-spare1", "add-lb-server-spare1", "start-kubelet-spare1",
+        "add-member-spare1", "start-member-spare1", "promote-member-spare1",
+        "start-kube-apiserver-spare1", "into-rotation-spare1", "start-kube-controller-manager-spare1",
+        "start-kube-scheduler-spare1", "update-inventory"]
+    registry.validate(p)
+    # its etcd member runs as a master's (a static pod on kubeadm); the other steps carry the roles too
+    assert p.step("start-member-spare1").arguments["roles"] == ["etcd", "master"]
+    assert p.step("copy-master-files-spare1").arguments["source"] == "master1"
+    # a kubeadm stacked apiserver reads its own member, as the source's does
+    assert p.step("start-kube-apiserver-spare1").arguments["etcd_servers"] == ["https://127.0.0.1:2379"]
+
+
+def test_an_apiserver_naming_every_member_names_the_new_one_too():
+    cluster = lab_cluster(Layout.KUBEASZ)
+    urls = tuple(f"https://{h.address}:2379" for h in cluster.etcd_members)
+    p = plan(cluster, "spare1", True, facts_for(cluster, apiserver_etcd_servers={m.name: urls for m in cluster.masters}))
+    assert p.step("start-kube-apiserver-spare1").arguments["etcd_servers"] == [*urls, "https://10.0.0.21:2379"]
+    # the running apiservers learn of the new member too, one at a time
+    assert [s.id for s in p.steps if s.kind == "apiserver-etcd-servers"] == [
+        "repoint-apiserver-master1", "repoint-apiserver-master2", "repoint-apiserver-master3"]
+
+
+def test_removing_a_master_goes_out_of_rotation_first_and_its_node_last():
+    cluster = four_masters()
+    p = plan(cluster, "master2", False, facts_for(cluster))
+    ids = [s.id for s in p.steps]
+    assert ids == [
+        "snapshot", "out-of-rotation-master2", "stop-kube-scheduler-master2", "stop-kube-controller-manager-master2",
+        "stop-kube-apiserver-master2", "move-leader-off-master2", "remove-member-master2", "stop-member-master2",
+        "remove-lb-server-master2", "stop-kubelet-master2", "remove-master-files-master2", "update-inventory"]
+    registry.validate(p)
+    assert p.step("stop-kubelet-master2").reversible is False
+
+
+def test_add_then_remove_keep_every_safety_rule_in_the_simulator():
+    cluster = lab_cluster()
+    facts = facts_for(cluster)
+    added = simulate(plan(cluster, "spare1", True, facts), cluster, model_from_facts(cluster, facts))
+    assert violations(added) == []
+    assert "spare1" in added[-1].after.in_lbs and "spare1" in added[-1].after.voters
+    bigger = four_masters()
+    facts = facts_for(bigger)
+    removed = simulate(plan(bigger, "master1", False, facts), bigger, model_from_facts(bigger, facts))
+    assert violations(removed) == []
+    assert "master1" not in removed[-1].after.voters | removed[-1].after.in_lbs
+
+
+def test_refusals_name_every_reason():
+    with pytest.raises(InputError, match="master1 is a master already"):
+        master_change(lab_cluster(), "master1", True)
+    with pytest.raises(InputError, match="spare1 is not a master"):
+        master_change(lab_cluster(), "spare1", False)
+    with pytest.raises(InputError, match="nosuch is not a host"):
+        master_change(lab_cluster(), "nosuch", True)
+    # 3 stacked members to 2: no failure to spare
+    with pytest.raises(PlanError, match="keep at least 3"):
+        plan(lab_cluster(), "master3", False)
+    single = lab_cluster(masters=1)
+    with pytest.raises(PlanError, match="master1 is the last master"):
+        plan(single, "master1", False, facts_for(single))
+    with pytest.raises(PlanError, match="kube-scheduler on master2 runs with --leader-elect=false"):
+        plan(lab_cluster(), "spare1", True, leader_elect={"master2/kube-scheduler": "false"})
+    sick = lab_cluster()
+    with pytest.raises(PlanError) as e:
+        plan(sick, "spare1", True, facts_for(sick, unreachable={"spare1": "connection refused"},
+                                            members=(*[member(h) for h in sick.etcd_members],
+                                                     member(sick.host("spare2"), learner=True))))
+    assert "spare1 is not reachable" in str(e.value) and "learner spare2" in str(e.value)
+
+
+def test_a_source_file_is_retargeted_at_the_new_host_by_whole_words():
+    source = Host(name="master1", address="10.0.0.11", roles=frozenset({Role.MASTER}))
+    new = Host(name="spare1", address="10.0.0.21")
+    text = "--advertise-address=10.0.0.11 https://10.0.0.11:6443 10.0.0.110 master1 master10 system:node:master1"
+    assert retarget(text, source, new) == (
+        "--advertise-address=10.0.0.21 https://10.0.0.21:6443 10.0.0.110 spare1 master10 system:node:spare1")
