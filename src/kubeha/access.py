@@ -169,6 +169,12 @@ class ClusterAccess:
         self._kube_files: tuple[str, str, str] | None = None
         self._clients: list[Callable[[], None]] = []  # close() of every client handed out
 
+    def use_inventory(self, inventory: Inventory) -> None:
+        """Go on with ``inventory``: the same hosts, roles changed by an operation that
+        rewrote the inventory midway, so that what follows sees the cluster as it is now."""
+        self.inventory = inventory
+        self.cluster = inventory.cluster
+
     # ---- lifecycle -----------------------------------------------------------------------
 
     def __enter__(self) -> ClusterAccess:

@@ -16,7 +16,7 @@ from kubeha.etcd.quorum import quorum
 from kubeha.inventory import load_inventory, parse_inventory
 from kubeha.operations import operation
 from kubeha.operations.etcd_view import EtcdState, read_etcd_state
-from kubeha.plan import Journal, Plan, Progress, StepOutcome, apply
+from kubeha.plan import Journal, Plan, Progress, StepOutcome, apply, engine
 from kubeha.plan.cluster_lock import cluster_lock_for
 from kubeha.probe import Probe, ProbeSummary
 
@@ -57,9 +57,10 @@ def make_plan(inventory_path: Path, name: str, arguments: dict[str, str]) -> Pla
 
 
 def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: bool = True,
-             raises: bool = True) -> Run:
-    """Apply ``plan`` with the probe (VIP, LBs, node-local proxies, etcd writes); with
-    ``raises=False`` a run that stops early is returned with its error."""
+             raises: bool = True, resume: bool = False) -> Run:
+    """Apply ``plan`` (``resume``: resume it from the journal) with the probe (VIP, LBs,
+    node-local proxies, etcd writes); with ``raises=False`` a run that stops early is
+    returned with its error."""
     op = operation(plan.operation)
     inventory = load_inventory(inventory_path)
     run = Run(plan)
@@ -84,8 +85,11 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
         if prober:
             prober.start()
         try:
-            apply(plan, op.registry, op.view_factory(access, plan), journal, cluster=access,
-                  cluster_lock=cluster_lock_for(access), on_progress=on_progress)
+            hooks = dict(cluster=access, cluster_lock=cluster_lock_for(access), on_progress=on_progress)
+            if resume:
+                engine.resume(plan.operation_id, op.registry, op.view_factory(access, plan), journal, **hooks)
+            else:
+                apply(plan, op.registry, op.view_factory(access, plan), journal, **hooks)
         except KubehaError as e:
             if raises:
                 raise

@@ -36,10 +36,10 @@ def test_a_healthy_lab_answers_every_request_on_every_path(lab, keep_alive, tmp_
     assert {p.path for p in summary.paths} == expected
     assert all(p.failures == 0 for p in summary.paths), summary.paths
     assert summary.etcd is not None and summary.etcd.lost == () and summary.etcd.acknowledged > 40
-    # A new TLS connection per request costs both ends CPU: on a small, busy machine a path
-    # through an SSH forward does one request per ~100 ms, not one per 50 ms interval.
-    least = 80 if keep_alive else 40
-    assert all(p.requests > least for p in summary.paths), summary.paths
+    # every path was asked throughout (at least twice a second): the rate itself depends on
+    # how busy the machine is (a new TLS connection per request costs both ends CPU) and is
+    # not this test's business
+    assert all(p.requests >= 2 * PROBE_SECONDS for p in summary.paths), summary.paths
     assert sum(1 for _ in (tmp_path / "probe.jsonl").open()) == len(probe.records)
 
 

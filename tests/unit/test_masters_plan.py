@@ -112,3 +112,83 @@ def test_a_source_file_is_retargeted_at_the_new_host_by_whole_words():
     text = "--advertise-address=10.0.0.11 https://10.0.0.11:6443 10.0.0.110 master1 master10 system:node:master1"
     assert retarget(text, source, new) == (
         "--advertise-address=10.0.0.21 https://10.0.0.21:6443 10.0.0.110 spare1 master10 system:node:spare1")
+
+
+def migrate(cluster, replace, facts=None, leader_elect=None):
+    from kubeha.operations.etcd_plan import parse_pairs
+    from kubeha.operations.masters_plan import migrate_masters_plan, migration_pairs
+    return migrate_masters_plan(
+        operation="migrate-masters", operation_id="op-1", arguments={"replace": replace}, cluster=cluster,
+        pairs=migration_pairs(cluster, parse_pairs(replace)), facts=facts or facts_for(cluster),
+        leader_elect=leader_elect or {}, nodes_first=(), inventory_digest="sha256:a", inventory_path=Path("/tmp/cluster.yaml"),
+        render_inventory=lambda after: " ".join(f"{h.name}={','.join(sorted(r.value for r in h.roles))}"
+                                                for h in after.hosts),
+        snapshot_dir=Path("/tmp/snapshots"), now=NOW)
+
+
+def test_migrate_masters_adds_each_new_master_then_removes_its_old_one_leader_last():
+    cluster = lab_cluster()
+    p = migrate(cluster, "master1=spare1,master2=spare2,master3=spare3", facts_for(cluster, leader="master1"))
+    registry.validate(p)
+    ids = [s.id for s in p.steps]
+    assert len(ids) == len(set(ids))
+    parts = [s.id.removeprefix("update-inventory-") for s in p.steps if s.kind == "inventory-update"]
+    # master1's member leads: its pair goes last
+    assert parts == ["add-spare2", "remove-master2", "add-spare3", "remove-master3", "add-spare1", "remove-master1"]
+    assert ids.index("start-kube-apiserver-spare2") < ids.index("out-of-rotation-master2")
+    assert ids.index("promote-member-spare2") < ids.index("remove-member-master2")
+    # each rewrite starts from the one before; a later one is accepted for an earlier one (resume)
+    inventories = [s for s in p.steps if s.kind == "inventory-update"]
+    assert inventories[0].changes[0].before == "sha256:a"
+    for before, after in zip(inventories, inventories[1:]):
+        assert after.changes[0].before == before.arguments["digest"]
+    assert inventories[0].arguments["accepted"] == [s.arguments["digest"] for s in inventories]
+    assert "master1=" in inventories[-1].arguments["content"] and "spare1=etcd,master" in inventories[-1].arguments["content"]
+    # the new members' --initial-cluster named the old ones at their first start: restarted naming only the new ones
+    restarts = [s for s in p.steps if s.kind == "restart-component"]
+    assert [s.arguments["host"] for s in restarts] == ["spare1", "spare2", "spare3"]
+    assert restarts[0].arguments["flags"] == {"initial-cluster": ",".join(
+        f"spare{i}=https://10.0.0.2{i}:2380" for i in (1, 2, 3))}
+    assert all(s.arguments["drain"] for s in restarts)  # a stacked apiserver reads its own member
+    # a later master is copied from a master of the cluster as it is then
+    assert p.step("copy-master-files-spare3").arguments["source"] in {"master1", "master3", "spare2"}
+
+
+def test_migrate_masters_keeps_every_safety_rule_in_the_simulator():
+    cluster = lab_cluster()
+    facts = facts_for(cluster)
+    results = simulate(migrate(cluster, "master1=spare1,master2=spare2,master3=spare3", facts), cluster,
+                       model_from_facts(cluster, facts))
+    assert violations(results) == []
+    assert results[-1].after.voters == {"spare1", "spare2", "spare3"}
+    assert results[-1].after.in_lbs == {"spare1", "spare2", "spare3"}
+
+
+def test_migrate_masters_repoints_apiservers_naming_every_member_and_accepts_later_lists():
+    cluster = lab_cluster(Layout.KUBEASZ)
+    urls = tuple(f"https://{h.address}:2379" for h in cluster.etcd_members)
+    facts = facts_for(cluster, apiserver_etcd_servers={m.name: urls for m in cluster.masters})
+    p = migrate(cluster, "master2=spare1,master3=spare2", facts, )
+    registry.validate(p)
+    repoints = [s for s in p.steps if s.kind == "apiserver-etcd-servers" and s.arguments["host"] == "master1"]
+    assert len(repoints) >= 2
+    assert repoints[0].arguments["accepted"] == [s.arguments["etcd_servers"] for s in repoints]
+    final = repoints[-1].arguments["etcd_servers"]
+    assert final == ["https://10.0.0.11:2379", "https://10.0.0.21:2379", "https://10.0.0.22:2379"]
+
+
+def test_migrate_masters_refuses_bad_pairs_before_asking_a_host():
+    with pytest.raises(InputError) as e:
+        migrate(lab_cluster(), "spare1=spare2,master1=master2,master3=nosuch,master3=spare3")
+    for reason in ("master3 is named more than once", "nosuch is not a host", "spare1 is not a master",
+                   "master2 is a master already"):
+        assert reason in str(e.value)
+    with pytest.raises(PlanError, match="kube-controller-manager on master1 runs with --leader-elect=false"):
+        migrate(lab_cluster(), "master1=spare1", leader_elect={"master1/kube-controller-manager": "false"})
+
+
+def test_an_address_is_named_only_as_a_whole_address():
+    from kubeha.kube import names_an_address
+    assert names_an_address('{"ip": "10.0.0.11"}', "10.0.0.11")
+    assert names_an_address("https://10.0.0.11:2379", "10.0.0.11")
+    assert not names_an_address("10.0.0.110 110.0.0.11 10.0.0.11.5", "10.0.0.11")

@@ -33,6 +33,7 @@ app.command("repoint-nodes")(nodes.repoint_nodes)
 app.command("rolling-restart")(operations.rolling_restart)
 app.command("add-master")(operations.add_master)
 app.command("remove-master")(operations.remove_master)
+app.command("migrate-masters")(operations.migrate_masters)
 
 err = Console(stderr=True)
 

@@ -372,6 +372,7 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
     started = time.monotonic()
     stopped: KubehaError | None = None
     result: RunResult | None = None
+    left: list[str] = []
     with ClusterAccess(inventory, etcd_endpoints=op.etcd_endpoints(plan, inventory)) as access:
         prober = None
         if probe:
@@ -395,6 +396,8 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
                                            inventory_digest=None, **hooks)
                 else:
                     result = engine.rollback(operation_id, op.registry, view_factory, journal, **hooks)
+            if action is not RunAction.ROLLBACK:
+                left = _left_to_do(op, access, plan, inventory)
         except KubehaError as e:
             stopped = e
         finally:
@@ -406,8 +409,17 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
         raise typer.Exit(1)
     assert result is not None
     out.print(_result_line(result, time.monotonic() - started), soft_wrap=True)
+    for line in left:
+        out.print(f"left to do: {line}", soft_wrap=True)
     out.print(f"the journal: kubeha journal {operation_id}")
     return result
+
+
+def _left_to_do(op: Operation, access: ClusterAccess, plan: Plan, inventory: Inventory) -> list[str]:
+    try:
+        return op.left_to_do(access, plan, inventory)
+    except KubehaError as e:
+        return [f"could not look for what is left to do: {e}"]
 
 
 def _open_journal(journal_path: Path) -> Journal:
@@ -902,8 +914,43 @@ def remove_master(host: MasterHost, inventory: InventoryOption = Path("cluster.y
     run_now("remove-master", {"host": host}, inventory, journal, fmt, out_file, yes, no_probe)
 
 
+MigrateReplace = Annotated[str, typer.Option("--replace", help="OLD=NEW[,OLD=NEW...]: each NEW host becomes a "
+                                             "master, then OLD stops being one (host names of cluster.yaml).")]
+
+
+@plan_app.command("migrate-masters")
+def plan_migrate_masters(replace: MigrateReplace, inventory: InventoryOption = Path("cluster.yaml"),
+                         journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT,
+                         json_output: JsonFlag = False, out_file: OutOption = None, verify: VerifyFlag = False) -> None:
+    """Plan moving the control plane to new machines, pair by pair: NEW added as
+    `add-master` does it, then OLD retired as `remove-master` does it (etcd members too,
+    when stacked), the inventory rewritten after each; then each new etcd member restarted
+    with an --initial-cluster that names only the members it has. Changes nothing.
+
+    Examples:
+
+      kubeha plan migrate-masters --replace master1=spare1,master2=spare2,master3=spare3
+
+      kubeha plan migrate-masters --replace master1=spare1 --format markdown --verify
+    """
+    plan_command("migrate-masters", {"replace": replace}, inventory, journal, fmt, json_output, out_file, verify)
+
+
+def migrate_masters(replace: MigrateReplace, inventory: InventoryOption = Path("cluster.yaml"),
+                    journal: JournalOption = None, fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None,
+                    yes: YesOption = False, no_probe: NoProbeOption = False) -> None:
+    """Move the control plane to new machines without a failed request: plan, show, confirm,
+    apply with the probe.
+
+    Examples:
+
+      kubeha migrate-masters --replace master1=spare1,master2=spare2,master3=spare3 -i cluster.yaml
+    """
+    run_now("migrate-masters", {"replace": replace}, inventory, journal, fmt, out_file, yes, no_probe)
+
+
 __all__ = [
     "PlanFormat", "ProbeCounters", "RunDisplay", "add_master", "apply", "apply_plan", "current_inventory_digest", "etcd_app",
-    "journal_command", "journal_detail", "journal_list", "load_plan", "make_plan", "plan_app",
+    "journal_command", "journal_detail", "journal_list", "load_plan", "make_plan", "migrate_masters", "plan_app",
     "probe_summary_from_json", "remove_master", "resume", "rollback", "rolling_restart", "run_operation", "save_plan",
 ]

@@ -149,6 +149,29 @@ def patch_node(api: k8s.ApiClient, node: str, body: dict[str, Any], timeout: flo
     _call(api, f"patching Node {node}", lambda **kw: k8s.CoreV1Api(api).patch_node(node, body, **kw), timeout)
 
 
+def names_an_address(text: str, address: str) -> bool:
+    """Whether ``text`` names ``address`` as a whole address (10.0.0.1 is not in 10.0.0.11)."""
+    return re.search(rf"(?<![\w.]){re.escape(address)}(?![\w]|\.\d)", text) is not None
+
+
+def objects_naming(api: k8s.ApiClient, addresses: list[str], timeout: float = 30.0) -> list[str]:
+    """The ConfigMaps and Endpoints (where monitoring keeps scrape targets it was given by
+    hand) of every namespace that name one of ``addresses``, one line each."""
+    core = k8s.CoreV1Api(api)
+    found = []
+    for kind, request, field in (
+            ("ConfigMap", core.list_config_map_for_all_namespaces, "data"),
+            ("Endpoints", core.list_endpoints_for_all_namespaces, "subsets")):
+        response = _call(api, f"listing {kind} objects", lambda **kw: request(_preload_content=False, **kw), timeout)
+        for item in json.loads(response.data).get("items") or []:
+            text = json.dumps(item.get(field))
+            named = [a for a in addresses if names_an_address(text, a)]
+            if named:
+                meta = item.get("metadata") or {}
+                found.append(f"{kind} {meta.get('namespace')}/{meta.get('name')} names {', '.join(named)}")
+    return found
+
+
 def delete_node(api: k8s.ApiClient, node: str, timeout: float = 10.0) -> None:
     """Delete the Node; one that is gone already is fine."""
     _call(api, f"deleting Node {node}", lambda **kw: k8s.CoreV1Api(api).delete_node(node, **kw), timeout,

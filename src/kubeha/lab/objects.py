@@ -65,6 +65,14 @@ def cluster_objects(cluster: Cluster, ca_pem: bytes) -> Iterator[tuple[str, dict
     # calico on the etcd datastore (as kubeasz installs it): calico-node reads the endpoints here
     yield _configmap("kube-system", "calico-config", {
         "etcd_endpoints": ",".join(cluster.etcd_client_urls()), "calico_backend": "bird"})
+    # a monitoring stack scraping etcd on the masters, its targets given by hand (as
+    # kube-prometheus-stack's kubeEtcd.endpoints): what a migration must report, not change
+    yield ("/api/v1/namespaces/kube-system/endpoints", {
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "monitoring-kube-etcd", "namespace": "kube-system"},
+        "subsets": [{"addresses": [{"ip": str(h.address)} for h in cluster.etcd_members],
+                     "ports": [{"name": "http-metrics", "port": 2381, "protocol": "TCP"}]}],
+    })
     for worker in cluster.workers:
         for i in range(1, WORKLOADS_PER_WORKER + 1):
             yield ("/api/v1/namespaces/default/pods", {

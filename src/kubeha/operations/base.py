@@ -43,6 +43,10 @@ class Operation(ABC):
         the plan's, not an outage)."""
         return ()
 
+    def left_to_do(self, access: ClusterAccess, plan: Plan, inventory: Inventory) -> list[str]:
+        """What a finished run leaves to the operator (things kubeha does not change), one line each."""
+        return []
+
     def inventory_matches(self, plan: Plan, digest: str) -> bool:
         """Whether the current inventory (``digest``) is one this plan can run on: the one it
         was made from, or (for an operation that rewrites the inventory) its result."""

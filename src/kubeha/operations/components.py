@@ -12,6 +12,7 @@ annotation stays, so a resumed run recognises a restart it already asked for.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -27,7 +28,7 @@ from kubeha.hosts.facts import Fact
 from kubeha.model import Cluster, Host, Role
 from kubeha.operations import etcd_hosts
 from kubeha.operations.etcd_plan import ETCD_CLIENT_PORT, client_url
-from kubeha.render.flags import pod_annotation, with_pod_annotation
+from kubeha.render.flags import pod_annotation, replace_flag, with_pod_annotation
 
 APISERVER, CONTROLLER_MANAGER, SCHEDULER, ETCD = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
@@ -174,21 +175,29 @@ def static_pod_restarted_at(access: ClusterAccess, cluster: Cluster, host: Host,
 
 
 def restart(access: ClusterAccess, cluster: Cluster, host: Host, component: str, token: str,
-            backup: BackupSet) -> float:
-    """Ask for the restart; return the host time after which the new process must have started."""
-    if runs_as_static_pod(cluster, host, component):
-        path = file_of(cluster, host, component)
-        text = access.get_file(host, path)
+            backup: BackupSet, flags: Mapping[str, str] | None = None) -> float:
+    """Ask for the restart, with ``flags`` set in the component's file first; return the
+    host time after which the new process must have started."""
+    path = file_of(cluster, host, component)
+    static_pod = runs_as_static_pod(cluster, host, component)
+    text = access.get_file(host, path) if static_pod or flags else None
+    if static_pod:
         asked = _restart_asked_at(access, host, path, text, token)
         if asked is not None:
             return asked
-        if text is None:
-            raise HostError(f"{host.name} has no {path}: does {component} run there as a static pod?")
-        since = process(access, cluster, host, component).now
-        access.put_file(host, path, with_pod_annotation(text.decode(), RESTART_ANNOTATION, token,
+    if text is None and (static_pod or flags):
+        raise HostError(f"{host.name} has no {path}: does {component} run there?")
+    changed = text.decode() if text is not None else ""
+    for flag, value in (flags or {}).items():
+        changed = replace_flag(changed, flag, value, f"{host.name}:{path}")
+    since = process(access, cluster, host, component).now
+    if static_pod:
+        access.put_file(host, path, with_pod_annotation(changed, RESTART_ANNOTATION, token,
                                                         f"{host.name}:{path}").encode(), backup=backup)
         return since
-    since = process(access, cluster, host, component).now
+    if flags:
+        access.put_file(host, path, changed.encode(), backup=backup)
+        access.run(host, ["systemctl", "daemon-reload"], check=True)
     access.run(host, ["systemctl", "restart", unit_of(component)], check=True)
     return since
 

@@ -23,7 +23,7 @@ from kubeha.etcd.gateway import EtcdClient, EtcdMember, EtcdStatus, initial_clus
 from kubeha.etcd.errors import EtcdError
 from kubeha.etcd.snapshot import verify_snapshot
 from kubeha.hosts import BackupSet
-from kubeha.inventory import Inventory, dump_inventory
+from kubeha.inventory import Inventory, dump_inventory, load_inventory
 from kubeha.model import Cluster, Host, Role
 from kubeha.operations import apiserver, etcd_hosts
 from kubeha.operations.calico import RepointCalico, read_calico_config
@@ -415,11 +415,15 @@ class UpdateInventory(StepKind):
 
     def _backup_path(self, ctx: StepContext) -> Path:
         path = self._path(ctx)
-        return path.with_name(f"{path.name}.{ctx.plan.operation_id}.bak")
+        # an operation that rewrites the inventory more than once keeps each step's "before"
+        suffix = "" if ctx.step.id == "update-inventory" else f".{ctx.step.id}"
+        return path.with_name(f"{path.name}.{ctx.plan.operation_id}{suffix}.bak")
 
     def is_done(self, ctx: StepContext) -> bool:
+        # a later rewrite of the same plan has done this one's job too
+        accepted = ctx.step.arguments.get("accepted") or [ctx.step.arguments["digest"]]
         path = self._path(ctx)
-        return path.exists() and inventory_digest(path.read_text()) == ctx.step.arguments["digest"]
+        return path.exists() and inventory_digest(path.read_text()) in accepted  # type: ignore[operator]
 
     def apply(self, ctx: StepContext) -> None:
         path, backup = self._path(ctx), self._backup_path(ctx)
@@ -427,6 +431,11 @@ class UpdateInventory(StepKind):
         if path.exists() and not backup.exists():
             _write_atomically(backup, path.read_bytes(), mode)
         _write_atomically(path, str(ctx.step.arguments["content"]).encode(), mode)
+        self._reload(ctx)
+
+    def _reload(self, ctx: StepContext) -> None:
+        """The steps after this one see the cluster as the file now says it is."""
+        _access(ctx).use_inventory(load_inventory(self._path(ctx)))
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
@@ -436,6 +445,7 @@ class UpdateInventory(StepKind):
         backup = self._backup_path(ctx)
         if backup.exists():
             _write_atomically(self._path(ctx), backup.read_bytes(), backup.stat().st_mode & 0o777)
+            self._reload(ctx)
 
 
 def _write_atomically(path: Path, content: bytes, mode: int) -> None:
@@ -512,7 +522,7 @@ class EtcdMembershipOperation(Operation):
             snapshot_dir=default_journal_path().parent / "snapshots", now=datetime.now(timezone.utc))
 
     def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
-        return cluster_view_factory(access, access.cluster)
+        return cluster_view_factory(access)
 
     def etcd_endpoints(self, plan: Plan, inventory: Inventory) -> tuple[str, ...]:
         cluster = inventory.cluster

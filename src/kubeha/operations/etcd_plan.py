@@ -330,13 +330,11 @@ def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFact
     originals = _consumers(cluster, facts)
     lists = dict(originals)
     members = list(cluster.etcd_members)
-    repointed: dict[str, list[Step]] = {}
 
     def repoint(key: str, target: tuple[str, ...], step_id: str) -> None:
         step = (calico_step(facts, lists[key], target, step_id) if key == CALICO
                 else _repoint_step(cluster, cluster.host(key), lists[key], target, step_id))
         steps.append(step)
-        repointed.setdefault(key, []).append(step)
         lists[key] = target
 
     for joining, leaving in _pairs(cluster, change, facts):
@@ -355,12 +353,25 @@ def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFact
         final = etcd_servers_after(current, _consumer_host(cluster, key), cluster.etcd_members, after.etcd_members)
         if lists[key] != final:
             repoint(key, final, f"repoint-{_consumer_step(key)}")
-    # a consumer already on a later list has done an earlier repoint's job (for resume)
-    for consumer_steps in repointed.values():
-        for i, step in enumerate(consumer_steps):
-            later = [s.arguments["etcd_servers"] for s in consumer_steps[i:]]
-            steps[steps.index(step)] = step.model_copy(update={"arguments": {**step.arguments, "accepted": later}})
-    return steps
+    return accept_later_lists(steps)
+
+
+_REPOINT_KINDS = ("apiserver-etcd-servers", "calico-etcd-endpoints")
+
+
+def accept_later_lists(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with each repoint step accepting its own list and every later one of the
+    same consumer: a consumer already on a later list has done an earlier repoint's job
+    (a resumed run must not point it back)."""
+    def consumer(step: Step) -> tuple[str, object] | None:
+        return (step.kind, step.arguments.get("host")) if step.kind in _REPOINT_KINDS else None
+
+    done = list(steps)
+    for i, step in enumerate(done):
+        if consumer(step) is not None:
+            later = [s.arguments["etcd_servers"] for s in done[i:] if consumer(s) == consumer(step)]
+            done[i] = step.model_copy(update={"arguments": {**step.arguments, "accepted": later}})
+    return done
 
 
 def _consumers(cluster: Cluster, facts: EtcdFacts) -> dict[str, tuple[str, ...]]:
@@ -414,10 +425,11 @@ def snapshot_step(operation_id: str, keeper: Host | None, snapshot_dir: Path) ->
         arguments={"local_path": local, "host": keeper.name if keeper else "", "remote_path": remote})
 
 
-def inventory_step(path: Path, digest: str, content: str, digest_after: str, what: str) -> Step:
+def inventory_step(path: Path, digest: str, content: str, digest_after: str, what: str,
+                   step_id: str = "update-inventory") -> Step:
     """The inventory file rewritten once the operation is done (``what``: what is new in it)."""
     return Step(
-        id="update-inventory", kind="inventory-update", title=f"Rewrite {path}: {what}",
+        id=step_id, kind="inventory-update", title=f"Rewrite {path}: {what}",
         changes=(_change(ChangeKind.FILE, str(path), None, digest, digest_after),),
         verification=f"the inventory file has {what}", rollback=f"restore {path} from its backup beside it",
         estimated_seconds=1, arguments={"path": str(path), "content": content, "digest": digest_after})
@@ -442,7 +454,7 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
 
 
 __all__ = [
-    "CAUGHT_UP", "ETCD_HEALTHY", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
+    "CAUGHT_UP", "ETCD_HEALTHY", "accept_later_lists", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
     "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "live_member",
     "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals",
     "snapshot_step",

@@ -78,23 +78,28 @@ class ClusterView:
                  read_vip_holders: Callable[[], tuple[str, ...]]) -> None:
         self.cluster = cluster
         self.etcd = etcd
-        self._read_backends = read_backends
-        self._read_vip_holders = read_vip_holders
+        self.read_backends = read_backends
+        self.read_vip_holders = read_vip_holders
 
     @functools.cached_property
     def backends(self) -> BackendStates:
-        return self._read_backends()
+        return self.read_backends()
 
     @functools.cached_property
     def vip_holders(self) -> tuple[str, ...]:
-        return self._read_vip_holders()
+        return self.read_vip_holders()
 
 
-def cluster_view_factory(access: ClusterAccess, cluster: Cluster) -> Callable[[], ClusterView]:
-    """The engine's view factory: one etcd client for the run, a new look per call."""
+def cluster_view_factory(access: ClusterAccess) -> Callable[[], ClusterView]:
+    """The engine's view factory: one etcd client for the run, a new look per call, of the
+    cluster as the inventory says it is now (an operation may rewrite it midway)."""
     client = access.etcd()
-    return lambda: ClusterView(cluster, read_etcd_state(client), lambda: backend_states(access, cluster),
-                               lambda: vip_holders(access, cluster))
+
+    def look() -> ClusterView:
+        cluster = access.cluster
+        return ClusterView(cluster, read_etcd_state(client), lambda: backend_states(access, cluster),
+                           lambda: vip_holders(access, cluster))
+    return look
 
 
 def vip_holders(access: ClusterAccess, cluster: Cluster) -> tuple[str, ...]:

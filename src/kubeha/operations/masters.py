@@ -23,21 +23,34 @@ from kubeha.discover.discover import component_file
 from kubeha.errors import HostError, KubehaError
 from kubeha.hosts.facts import Fact
 from kubeha.inventory import Inventory, dump_inventory
-from kubeha.kube import delete_node, kubeconfig_credentials, node_ready, patch_node, read_node
+from kubeha.kube import (
+    delete_node, kubeconfig_credentials, names_an_address, node_ready, objects_naming, patch_node, read_node,
+)
 from kubeha.lb.apply import VIP_TIMEOUT, apply_lb_plan, read_lb_state, vip_holding
 from kubeha.lb.drain import backend_states, put_back, take_out, wait_ready
 from kubeha.lb.plan import node_proxy_hosts, plan_lb_apply
 from kubeha.model import Cluster, Host, Role
-from kubeha.operations import components
+from kubeha.operations import components, etcd_hosts
 from kubeha.operations.base import Operation
 from kubeha.operations.etcd import CHECKS, KINDS, EtcdMembershipOperation, read_facts
+from kubeha.operations.etcd_plan import parse_pairs
 from kubeha.operations.masters_plan import (
-    COMPONENTS, READY_TIMEOUT, add_master_plan, master_change, remove_master_plan, retarget, roles_after_add,
-    roles_after_remove, with_roles,
+    COMPONENTS, READY_TIMEOUT, add_master_plan, master_change, migrate_masters_plan, migration_change, migration_pairs,
+    remove_master_plan, retarget, roles_after_add, roles_after_remove, with_roles,
 )
+from kubeha.operations.etcd_view import ClusterView, cluster_view_factory, majority_while_down
+from kubeha.operations.nodes import (
+    NodesView, RepointKubeProxyConfigMap, RepointNodeBatch, ServerCheck, kube_proxy_servers, read_nodes_files,
+    server_served, within_budget,
+)
+from kubeha.operations.nodes_plan import (
+    SERVER_SERVED, WITHIN_BUDGET, RepointFacts, RepointRequest, node_hosts, repoint_plan,
+)
+from kubeha.operations.restart import RestartComponent
+from kubeha.operations.restart_plan import MAJORITY_WHILE_DOWN
 from kubeha.pki import SubjectAltNames, reissue
 from kubeha.pki.cluster import CERT_MODE, KEY_MODE, client_cert, kubelet_identity
-from kubeha.plan import Plan, Registry, StepContext, StepKind, StepNotVerified
+from kubeha.plan import Plan, PlanError, Registry, Step, StepContext, StepKind, StepNotVerified, ViewFactory
 from kubeha.plan import default_journal_path, inventory_digest, new_operation_id
 from kubeha.render import render_haproxy_cfg, render_kubeconfig
 from kubeha.render.controlplane import render_kubelet
@@ -50,8 +63,23 @@ _MASTER_LABEL_PREFIXES = ("node-role.kubernetes.io/", "node.kubernetes.io/exclud
 _CONDITION_TAINT_PREFIX = "node.kubernetes.io/"
 
 registry = Registry()
-for _name, _check in CHECKS:
+for _name, _check in (*CHECKS, (MAJORITY_WHILE_DOWN, majority_while_down), (WITHIN_BUDGET, within_budget),
+                      (SERVER_SERVED, server_served)):
     registry.step_check(_name)(_check)
+
+
+class MasterView(ClusterView, NodesView):
+    """One look at the cluster (etcd, load balancers, VIP) and at its nodes (kubeconfigs,
+    Ready): a migration repoints the nodes that name an old master."""
+
+    def __init__(self, look: ClusterView, access: ClusterAccess, servers: ServerCheck) -> None:
+        ClusterView.__init__(self, look.cluster, look.etcd, look.read_backends, look.read_vip_holders)
+        NodesView.__init__(self, access, servers)
+
+
+def master_view_factory(access: ClusterAccess) -> ViewFactory:
+    looks, servers = cluster_view_factory(access), ServerCheck(access)
+    return lambda: MasterView(looks(), access, servers)
 
 
 # ---- what the step kinds share ------------------------------------------------------------------
@@ -183,8 +211,12 @@ class CopyMasterFiles(StepKind):
         files: dict[PurePosixPath, tuple[bytes, int | None]] = {
             path: pair for path in pki if (pair := found[path]) is not None}
         auth = load_authorities(access, source)
+        # the names of the source and of masters leaving with this operation are not the new one's
+        gone = [source, *(cluster.host(str(n)) for n in ctx.step.arguments.get("leaving") or [])]  # type: ignore[union-attr]
         new = reissue(auth.ca, read_pair(access, source, p.apiserver),
-                      add=SubjectAltNames(dns_names=(host.name,), ip_addresses=(host.address,)))
+                      add=SubjectAltNames(dns_names=(host.name,), ip_addresses=(host.address,)),
+                      remove=SubjectAltNames(dns_names=tuple(h.name for h in gone),
+                                             ip_addresses=tuple(h.address for h in gone)))
         files[p.apiserver.cert], files[p.apiserver.key] = (new.cert_pem, CERT_MODE), (new.key_pem, KEY_MODE)
         for path in kubeconfigs:
             if (pair := found[path]) is not None:
@@ -227,6 +259,8 @@ class RemoveMasterFiles(StepKind):
         found += [p.admin_kubeconfig, p.controller_manager_kubeconfig, p.scheduler_kubeconfig, p.kube_proxy_kubeconfig,
                   p.kubelet_kubeconfig, *(f.path for f in render_kubelet(cluster, host)),
                   *(component_file(cluster.layout, c) for c in COMPONENTS)]
+        if host.has(Role.ETCD) and not after.host(host.name).has(Role.ETCD):  # its member's unit, kept when stopped
+            found.append(etcd_hosts.member_file(cluster, host))
         if cluster.vip is not None and host in cluster.lb_hosts and host not in after.lb_hosts:
             found += [p.haproxy_cfg, p.keepalived_conf]
         if host in node_proxy_hosts(cluster) and host not in node_proxy_hosts(after):
@@ -487,11 +521,16 @@ class MasterNode(StepKind):
         return _host(ctx).kube_node_name
 
     def _source_marks(self, ctx: StepContext) -> dict[str, Any]:
-        api = _access(ctx).kube()
-        source = read_node(api, _source(ctx).kube_node_name)
-        if source is None:
-            raise KubehaError(f"Node {_source(ctx).kube_node_name} is not in the API: its marks cannot be copied")
-        return _marks(source)
+        """The source's Node's marks; once it is gone (a migration retired it; a resumed run
+        looks again), another master's."""
+        access = _access(ctx)
+        api = access.kube()
+        names = [_source(ctx).kube_node_name, *(m.kube_node_name for m in access.cluster.masters
+                                               if m.name != _host(ctx).name)]
+        node = next((found for name in names if (found := read_node(api, name)) is not None), None)
+        if node is None:
+            raise KubehaError(f"Node {names[0]} is not in the API: its marks cannot be copied")
+        return _marks(node)
 
     def is_done(self, ctx: StepContext) -> bool:
         api = _access(ctx).kube()
@@ -530,7 +569,8 @@ class MasterNode(StepKind):
         delete_node(access.kube(), self._node(ctx))
 
 
-for _kind in (*KINDS, CopyMasterFiles(), RemoveMasterFiles(), LbServer(), LbRotation(), MasterComponent(), MasterNode()):
+for _kind in (*KINDS, CopyMasterFiles(), RemoveMasterFiles(), LbServer(), LbRotation(), MasterComponent(), MasterNode(),
+              RestartComponent(), RepointNodeBatch(), RepointKubeProxyConfigMap()):
     registry.add_kind(_kind)
 
 
@@ -553,6 +593,9 @@ class _MasterOperation(EtcdMembershipOperation):
     registry = registry
     adding: bool
 
+    def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
+        return master_view_factory(access)
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
@@ -572,7 +615,68 @@ class _MasterOperation(EtcdMembershipOperation):
                       snapshot_dir=default_journal_path().parent / "snapshots", now=datetime.now(timezone.utc))
         if self.adding:
             return add_master_plan(leader_elect=_leader_elect(access, cluster), **common)  # type: ignore[arg-type]
-        return remove_master_plan(**common)  # type: ignore[arg-type]
+        nodes_first = repoint_off(access, str(common["operation_id"]), [host], str(common["inventory_digest"]))
+        return remove_master_plan(nodes_first=nodes_first, **common)  # type: ignore[arg-type]
+
+
+def repoint_off(access: ClusterAccess, operation_id: str, retiring: list[Host], digest: str) -> list[Step]:
+    """Steps pointing the nodes whose kubelet or kube-proxy kubeconfig names a retiring master
+    at the cluster's endpoint (``repoint-nodes``' steps), or none; PlanError when they cannot."""
+    cluster = access.cluster
+    addresses = [str(h.address) for h in retiring]
+    hosts = [h for h in node_hosts(cluster) if h not in retiring and h.name not in access.connect_errors]
+    nodes, unread = read_nodes_files(access, hosts)
+    stale = [name for name, files in nodes.items() if any(names_an_address(server, a) for server in files.servers
+                                                          for a in addresses)]
+    if not stale:
+        return []
+    request = RepointRequest(server=cluster.endpoint, hosts=tuple(stale))
+    facts = RepointFacts(nodes=nodes, unreachable=unread, kube_proxy_configmap=kube_proxy_servers(access),
+                         not_served=ServerCheck(access).reason(request.server, [cluster.host(n) for n in stale]))
+    try:
+        return list(repoint_plan(operation_id=operation_id, arguments={}, cluster=cluster, request=request,
+                                 facts=facts, inventory_digest=digest, now=datetime.now(timezone.utc)).steps)
+    except PlanError as e:
+        raise PlanError(f"{', '.join(stale)} name an old master and cannot be repointed at {request.server}: "
+                        f"{e}") from e
+
+
+class MigrateMasters(EtcdMembershipOperation):
+    """``replace``: OLD=NEW[,OLD=NEW...]: each NEW becomes a master, then its OLD stops being one."""
+
+    name = "migrate-masters"
+    registry = registry
+
+    def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
+        return master_view_factory(access)
+
+    def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
+                  arguments: Mapping[str, str]) -> Plan:
+        cluster = inventory.cluster
+        pairs = migration_pairs(cluster, parse_pairs(arguments.get("replace") or ""))  # refused before any host is asked
+        facts = read_facts(access, migration_change(cluster, pairs))
+        unreachable = {h.name: str(access.connect_errors[h.name]) for pair in pairs for h in pair
+                       if h.name in access.connect_errors}
+        facts = replace(facts, unreachable={**facts.unreachable, **unreachable})
+        operation_id, digest = new_operation_id(self.name), inventory_digest(inventory_path.read_text())
+        return migrate_masters_plan(
+            operation=self.name, operation_id=operation_id, arguments=arguments, cluster=cluster,
+            pairs=pairs, facts=facts, leader_elect=_leader_elect(access, cluster),
+            nodes_first=repoint_off(access, operation_id, [old for old, _ in pairs], digest),
+            inventory_digest=digest, inventory_path=inventory_path.resolve(),
+            render_inventory=lambda after: dump_inventory(inventory.model_copy(update={"cluster": after})),
+            snapshot_dir=default_journal_path().parent / "snapshots", now=datetime.now(timezone.utc))
+
+    def _olds(self, plan: Plan) -> list[str]:
+        return [old for old, _ in parse_pairs(str(plan.arguments.get("replace") or ""))]
+
+    def retiring_lb_hosts(self, plan: Plan, inventory: Inventory) -> tuple[str, ...]:
+        return tuple(h.name for h in inventory.cluster.lb_hosts if h.name in self._olds(plan))
+
+    def left_to_do(self, access: ClusterAccess, plan: Plan, inventory: Inventory) -> list[str]:
+        """API objects still naming an old master (monitoring targets given by hand, say)."""
+        addresses = [str(inventory.cluster.host(old).address) for old in self._olds(plan)]
+        return [f"{line}: an old master; update or delete it" for line in objects_naming(access.kube(), addresses)]
 
 
 class AddMaster(_MasterOperation):
@@ -593,4 +697,4 @@ class RemoveMaster(_MasterOperation):
         return (name,) if name in {h.name for h in inventory.cluster.lb_hosts} else ()
 
 
-OPERATIONS: tuple[Operation, ...] = (AddMaster(), RemoveMaster())
+OPERATIONS: tuple[Operation, ...] = (AddMaster(), RemoveMaster(), MigrateMasters())

@@ -20,19 +20,22 @@ no role).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from kubeha.errors import InputError
+from kubeha.etcd.gateway import EtcdMember
 from kubeha.model import Cluster, EtcdTopology, Host, Role
-from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, SCHEDULER, file_of
+from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER, file_of
 from kubeha.operations.etcd_plan import (
-    ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, cluster_after, etcd_servers_after, inventory_step,
-    membership_steps, refusals, snapshot_step, supports_learners,
+    ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_lists, client_url, cluster_after,
+    etcd_servers_after, inventory_step, live_member, membership_steps, refusals, snapshot_step, supports_learners,
 )
+from kubeha.operations.restart_plan import restart_step
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
+from kubeha.plan import inventory_digest as inventory_text_digest
 
 COMPONENTS = (APISERVER, CONTROLLER_MANAGER, SCHEDULER)  # the order they start in
 READY_TIMEOUT = 120.0
@@ -100,12 +103,21 @@ def master_refusals(cluster: Cluster, host: Host, adding: bool, change: Membersh
     if source_master(cluster, facts.unreachable, None if adding else host.name) is None:
         reasons.append("no other master is reachable over SSH" if adding or len(cluster.masters) > 1
                        else f"{host.name} is the last master: add another master first")
-    if not adding and cluster.vip is None:
-        reasons.append(f"cluster {cluster.name} has no VIP: its clients may name {host.name} directly")
-    reasons += [f"{component} on {master} runs with --leader-elect={value}: a second one would act beside it; "
-                "turn leader election on first" for (master, component), value in _by_pair(leader_elect).items()
-                if value.lower() == "false"]
-    return reasons
+    if not adding:
+        reasons += _vip_reasons(cluster, [host])
+    return reasons + _leader_elect_reasons(leader_elect)
+
+
+def _vip_reasons(cluster: Cluster, leaving: Sequence[Host]) -> list[str]:
+    if cluster.vip is not None:
+        return []
+    return [f"cluster {cluster.name} has no VIP: its clients may name {', '.join(h.name for h in leaving)} directly"]
+
+
+def _leader_elect_reasons(leader_elect: Mapping[str, str]) -> list[str]:
+    return [f"{component} on {master} runs with --leader-elect={value}: a second one would act beside it; "
+            "turn leader election on first" for (master, component), value in _by_pair(leader_elect).items()
+            if value.lower() == "false"]
 
 
 def _by_pair(leader_elect: Mapping[str, str]) -> dict[tuple[str, str], str]:
@@ -122,7 +134,7 @@ def _lb_targets(cluster: Cluster) -> list[Change]:
     return [_change(ChangeKind.FILE, str(cluster.paths.haproxy_cfg), lb, None, None) for lb in lbs]
 
 
-def _files_step(cluster: Cluster, host: Host, source: Host, roles: Sequence[str]) -> Step:
+def _files_step(cluster: Cluster, host: Host, source: Host, roles: Sequence[str], leaving: Sequence[Host]) -> Step:
     p = cluster.paths
     return Step(
         id=f"copy-master-files-{host.name}", kind="master-files",
@@ -131,14 +143,16 @@ def _files_step(cluster: Cluster, host: Host, source: Host, roles: Sequence[str]
         hosts=(host.name, source.name),
         changes=(_change(ChangeKind.CERT, f"{p.pki_dir}/*", host.name, None, f"as on {source.name}"),
                  _change(ChangeKind.CERT, str(p.apiserver.cert), host.name, None,
-                         f"SANs of {source.name}'s, with {host.address} and {host.name} instead"),
+                         f"SANs of {source.name}'s, with {host.address} and {host.name} instead"
+                         + (f", without {', '.join(h.name for h in leaving)}" if leaving else "")),
                  _change(ChangeKind.FILE, "admin, controller-manager, scheduler kubeconfigs", host.name, None,
                          f"as on {source.name}"),
                  _change(ChangeKind.FILE, str(p.kubelet_kubeconfig), host.name, None, f"system:node:{host.name}"),
                  _change(ChangeKind.FILE, "kubelet unit and config", host.name, None, f"as on {source.name}")),
         verification="every file is in place with its mode",
         rollback="every file restored from its backup (new ones removed)", estimated_seconds=5,
-        arguments={"host": host.name, "source": source.name, "roles": list(roles)})
+        arguments={"host": host.name, "source": source.name, "roles": list(roles),
+                   "leaving": [h.name for h in leaving]})
 
 
 def _remove_files_step(cluster: Cluster, host: Host, roles: Sequence[str]) -> Step:
@@ -236,13 +250,10 @@ def _tagged(steps: Sequence[Step], host: Host, roles: Sequence[str]) -> list[Ste
             if s.arguments.get("host") == host.name else s for s in steps]
 
 
-def add_master_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
-                    host: Host, change: MembershipChange, facts: EtcdFacts, leader_elect: Mapping[str, str],
-                    inventory_digest: str, inventory_path: Path, inventory_after: str, inventory_after_digest: str,
-                    snapshot_dir: Path, now: datetime) -> Plan:
-    reasons = master_refusals(cluster, host, True, change, facts, leader_elect)
-    if reasons:
-        raise PlanError(f"{operation} refused: " + "; ".join(reasons))
+def _add_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: EtcdFacts,
+               leaving: Sequence[Host] = ()) -> list[Step]:
+    """``host`` becomes a master: from its files to its scheduler (no snapshot, no inventory).
+    ``leaving``: masters the operation retires later (their names are not put in its cert)."""
     source = source_master(cluster, facts.unreachable)
     assert source is not None
     roles = roles_after_add(cluster, host)
@@ -251,14 +262,39 @@ def add_master_plan(*, operation: str, operation_id: str, arguments: Mapping[str
     current = facts.apiserver_etcd_servers.get(source.name)
     servers = (etcd_servers_after(current, source, cluster.etcd_members, cluster_after(cluster, change).etcd_members)
                if current else None)
-    steps = [snapshot_step(operation_id, source, snapshot_dir)] if change.adds else []
-    steps += [_files_step(cluster, host, source, roles), _lb_config_step(cluster, host, roles, True),
-              _kubelet_step(cluster, host, source, roles, True)]
+    steps = [_files_step(cluster, host, source, roles, leaving), _lb_config_step(cluster, host, roles, True),
+             _kubelet_step(cluster, host, source, roles, True)]
     steps += _tagged(membership_steps(cluster, change, facts, cluster_after(cluster, change),
                                       supports_learners(facts.version)), host, roles)
     steps.append(_component_step(after, host, source, APISERVER, roles, True, servers))
     steps.append(_rotation_step(after, host, roles, True))
     steps += [_component_step(after, host, source, c, roles, True) for c in (CONTROLLER_MANAGER, SCHEDULER)]
+    return steps
+
+
+def _remove_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: EtcdFacts) -> list[Step]:
+    """``host`` stops being a master: out of rotation to its files gone (no snapshot, no inventory)."""
+    roles = roles_after_remove(host)
+    steps = [_rotation_step(cluster, host, roles, False)]
+    steps += [_component_step(cluster, host, None, c, roles, False) for c in reversed(COMPONENTS)]
+    # its own apiserver is stopped: only the other consumers are repointed off its member
+    others = {m: urls for m, urls in facts.apiserver_etcd_servers.items() if m != host.name}
+    steps += membership_steps(cluster, change, replace(facts, apiserver_etcd_servers=others),
+                              cluster_after(cluster, change), supports_learners(facts.version))
+    steps += [_lb_config_step(cluster, host, roles, False), _kubelet_step(cluster, host, None, roles, False),
+              _remove_files_step(cluster, host, roles)]
+    return steps
+
+
+def add_master_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
+                    host: Host, change: MembershipChange, facts: EtcdFacts, leader_elect: Mapping[str, str],
+                    inventory_digest: str, inventory_path: Path, inventory_after: str, inventory_after_digest: str,
+                    snapshot_dir: Path, now: datetime) -> Plan:
+    reasons = master_refusals(cluster, host, True, change, facts, leader_elect)
+    if reasons:
+        raise PlanError(f"{operation} refused: " + "; ".join(reasons))
+    steps = [snapshot_step(operation_id, source_master(cluster, facts.unreachable), snapshot_dir)] if change.adds else []
+    steps += _add_steps(cluster, host, change, facts)
     steps.append(inventory_step(inventory_path, inventory_digest, inventory_after, inventory_after_digest,
                                  f"{host.name} a master"))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
@@ -268,29 +304,134 @@ def add_master_plan(*, operation: str, operation_id: str, arguments: Mapping[str
 def remove_master_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
                        host: Host, change: MembershipChange, facts: EtcdFacts, inventory_digest: str,
                        inventory_path: Path, inventory_after: str, inventory_after_digest: str, snapshot_dir: Path,
-                       now: datetime) -> Plan:
+                       now: datetime, nodes_first: Sequence[Step] = ()) -> Plan:
+    """``nodes_first``: steps that point nodes naming ``host`` elsewhere, before it goes."""
     reasons = master_refusals(cluster, host, False, change, facts, {})
     if reasons:
         raise PlanError(f"{operation} refused: " + "; ".join(reasons))
     keeper = source_master(cluster, facts.unreachable, host.name)
-    assert keeper is not None
-    roles = roles_after_remove(host)
     steps = [snapshot_step(operation_id, keeper, snapshot_dir)] if change.removes else []
-    steps.append(_rotation_step(cluster, host, roles, False))
-    steps += [_component_step(cluster, host, None, c, roles, False) for c in reversed(COMPONENTS)]
-    # its own apiserver is stopped: only the other consumers are repointed off its member
-    others = {m: urls for m, urls in facts.apiserver_etcd_servers.items() if m != host.name}
-    steps += membership_steps(cluster, change, replace(facts, apiserver_etcd_servers=others),
-                              cluster_after(cluster, change), supports_learners(facts.version))
-    steps += [_lb_config_step(cluster, host, roles, False), _kubelet_step(cluster, host, None, roles, False),
-              _remove_files_step(cluster, host, roles)]
+    steps += nodes_first
+    steps += _remove_steps(cluster, host, change, facts)
     steps.append(inventory_step(inventory_path, inventory_digest, inventory_after, inventory_after_digest,
                                  f"{host.name} no longer a master"))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(steps))
 
 
+# ---- migrate-masters: each pair an add, then a remove ---------------------------------------
+
+
+def migration_pairs(cluster: Cluster, pairs: Sequence[tuple[str, str]]) -> list[tuple[Host, Host]]:
+    """``(old, new)`` hosts; InputError naming every bad name: unknown, named twice, an old one
+    that is not a master, a new one that is."""
+    names = [name for pair in pairs for name in pair]
+    reasons = [f"{name} is named more than once" for name in sorted({n for n in names if names.count(n) > 1})]
+    known = {h.name: h for h in cluster.hosts}
+    reasons += [f"{name} is not a host of the inventory: add it to cluster.yaml first"
+                for name in dict.fromkeys(names) if name not in known]
+    reasons += [f"{old} is not a master" for old, _ in pairs if old in known and not known[old].has(Role.MASTER)]
+    reasons += [f"{new} is a master already" for _, new in pairs if new in known and known[new].has(Role.MASTER)]
+    if reasons:
+        raise InputError("; ".join(reasons))
+    return [(known[old], known[new]) for old, new in pairs]
+
+
+def migration_change(cluster: Cluster, pairs: Sequence[tuple[Host, Host]]) -> MembershipChange:
+    """The etcd membership change of the whole migration: each new master of a stacked
+    cluster joins, each old master's member leaves."""
+    return MembershipChange(
+        adds=tuple(new for _, new in pairs if master_change(cluster, new.name, True)[1].adds),
+        removes=tuple(old for old, _ in pairs if old.has(Role.ETCD)))
+
+
+def facts_after(facts: EtcdFacts, cluster: Cluster, steps: Sequence[Step]) -> EtcdFacts:
+    """What planning the next part would read once ``steps`` (one master added or removed on
+    ``cluster``) are done: the members, each apiserver's --etcd-servers, calico's endpoints."""
+    members = list(facts.members)
+    servers = dict(facts.apiserver_etcd_servers)
+    calico = facts.calico_endpoints
+    for step in steps:
+        host = str(step.arguments.get("host", ""))
+        if step.kind == "etcd-add-member":
+            joining = cluster.host(host)
+            members.append(EtcdMember(id=0, name=host, peer_urls=(str(step.arguments["peer_url"]),),
+                                      client_urls=(client_url(joining),), is_learner=False))
+        elif step.kind == "etcd-remove-member":
+            members = [m for m in members if step.arguments["peer_url"] not in m.peer_urls]
+        elif step.kind in ("apiserver-etcd-servers", "master-component") and step.arguments.get("etcd_servers"):
+            servers[host] = tuple(str(url) for url in step.arguments["etcd_servers"])  # type: ignore[union-attr]
+        elif step.kind == "master-component" and step.arguments.get("component") == APISERVER \
+                and not step.arguments.get("start"):
+            servers.pop(host, None)
+        elif step.kind == "calico-etcd-endpoints":
+            calico = tuple(str(url) for url in step.arguments["etcd_servers"])  # type: ignore[union-attr]
+    return replace(facts, members=tuple(members), apiserver_etcd_servers=servers, calico_endpoints=calico,
+                   unhealthy=())
+
+
+def _leads(cluster: Cluster, facts: EtcdFacts, host: Host) -> bool:
+    member = live_member(facts.members, cluster, host)
+    return member is not None and member.id == facts.leader_id
+
+
+def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
+                         pairs: Sequence[tuple[Host, Host]], facts: EtcdFacts, leader_elect: Mapping[str, str],
+                         nodes_first: Sequence[Step], inventory_digest: str, inventory_path: Path, render_inventory: Callable[[Cluster], str],
+                         snapshot_dir: Path, now: datetime) -> Plan:
+    """Pair by pair (the pair whose old member leads etcd last): the new master added, the
+    old one removed, each as ``add-master`` and ``remove-master`` do it, the inventory
+    rewritten after each; then each new etcd member restarted with an --initial-cluster
+    that names the members it now has (its first start had to name the old ones).
+    ``nodes_first``: steps that point nodes naming an old master elsewhere, before any goes."""
+    change = migration_change(cluster, pairs)
+    reasons = refusals(cluster, change, facts, even_ok=True)
+    if source_master(cluster, facts.unreachable) is None:
+        reasons.append("no master is reachable over SSH")
+    reasons += _vip_reasons(cluster, [old for old, _ in pairs]) + _leader_elect_reasons(leader_elect)
+    if reasons:
+        raise PlanError(f"{operation} refused: " + "; ".join(reasons))
+    ordered = sorted(pairs, key=lambda pair: _leads(cluster, facts, pair[0]))
+    # the snapshot is kept on the first new master: every old one is retired
+    steps = [snapshot_step(operation_id, ordered[0][1], snapshot_dir)] if change.adds or change.removes else []
+    steps += nodes_first
+    state, digest = cluster, inventory_digest
+    inventories: list[Step] = []
+    for old, new in ordered:
+        for adding, name in ((True, new.name), (False, old.name)):
+            host, part = master_change(state, name, adding)
+            roles = roles_after_add(state, host) if adding else roles_after_remove(host)
+            part_steps = (_add_steps(state, host, part, facts, [o for o, _ in pairs]) if adding
+                          else _remove_steps(state, host, part, facts))
+            facts = facts_after(facts, state, part_steps)
+            state = with_roles(state, name, roles)
+            text = render_inventory(state)
+            inventories.append(inventory_step(
+                inventory_path, digest, text, inventory_text_digest(text),
+                f"{name} {'a master' if adding else 'no longer a master'}",
+                step_id=f"update-inventory-{'add' if adding else 'remove'}-{name}"))
+            digest = inventory_text_digest(text)
+            steps += _unique(steps, part_steps, name) + [inventories[-1]]
+    joined = [state.host(new.name) for new in change.adds]
+    steps += [restart_step(state, host, ETCD, flags={"initial-cluster": state.etcd_initial_cluster()})
+              for host in joined]
+    # a later rewrite of the inventory has done an earlier one's job (for resume)
+    for i, step in enumerate(inventories):
+        accepted = [s.arguments["digest"] for s in inventories[i:]]
+        steps[steps.index(step)] = step.model_copy(update={"arguments": {**step.arguments, "accepted": accepted}})
+    return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
+                      inventory_digest=inventory_digest, steps=tuple(accept_later_lists(steps)))
+
+
+def _unique(earlier: Sequence[Step], steps: Sequence[Step], name: str) -> list[Step]:
+    """``steps`` with an id an earlier step has (a consumer repointed once per part) made
+    unique by the part's host."""
+    taken = {s.id for s in earlier}
+    return [s.model_copy(update={"id": f"{s.id}-for-{name}"}) if s.id in taken else s for s in steps]
+
+
 __all__ = [
-    "COMPONENTS", "add_master_plan", "master_change", "master_refusals", "remove_master_plan", "retarget",
-    "roles_after_add", "roles_after_remove", "source_master", "with_roles",
+    "COMPONENTS", "add_master_plan", "facts_after", "master_change", "master_refusals", "migrate_masters_plan",
+    "migration_change", "migration_pairs", "remove_master_plan", "retarget", "roles_after_add", "roles_after_remove",
+    "source_master", "with_roles",
 ]

@@ -374,8 +374,9 @@ class RepointNodeBatch(StepKind):
             raise NodeNotRepointed("; ".join(f"{host}: {cause}" for host, cause in failed.items()))
 
 
-def _configmap_servers(api: k8s.ApiClient) -> tuple[str, ...] | None:
-    text = configmap_value(api, KUBE_PROXY_NAMESPACE, KUBE_PROXY_CONFIGMAP, KUBE_PROXY_KEY)
+def kube_proxy_servers(access: ClusterAccess) -> tuple[str, ...] | None:
+    """The servers kube-system/kube-proxy's kubeconfig names; None when it has none."""
+    text = configmap_value(_api(access), KUBE_PROXY_NAMESPACE, KUBE_PROXY_CONFIGMAP, KUBE_PROXY_KEY)
     return None if text is None else tuple(kubeconfig_servers(text))
 
 
@@ -394,7 +395,7 @@ class RepointKubeProxyConfigMap(StepKind):
     name = "kube-proxy-configmap-server"
 
     def is_done(self, ctx: StepContext) -> bool:
-        return set(_configmap_servers(_api(ctx.cluster)) or ()) == {str(ctx.step.arguments["server"])}
+        return set(kube_proxy_servers(ctx.cluster) or ()) == {str(ctx.step.arguments["server"])}
 
     def apply(self, ctx: StepContext) -> None:
         _set_configmap_server(_api(ctx.cluster), str(ctx.step.arguments["server"]))
@@ -424,7 +425,7 @@ def read_facts(access: ClusterAccess, request: RepointRequest) -> RepointFacts:
     facts = RepointFacts(nodes=nodes, unreachable=unreachable)
     picked, _ = targets(cluster, request, facts)
     not_served = ServerCheck(access).reason(request.server, picked)
-    configmap = _configmap_servers(_api(access))
+    configmap = kube_proxy_servers(access)
     calico = read_calico_config(access) if request.etcd else None
     etcd_not_served = None
     if request.etcd:

@@ -77,7 +77,8 @@ class RestartComponent(StepKind):
                 move_leadership_off(ctx, member)  # leadership may have come here since the plan
         if ctx.step.arguments.get("drain"):
             take_out(access, cluster, host.name, backup)
-        since = components.restart(access, cluster, host, component, self._token(ctx), backup)
+        flags = ctx.step.arguments.get("flags") or None
+        since = components.restart(access, cluster, host, component, self._token(ctx), backup, flags)  # type: ignore[arg-type]
         components.wait_restarted(access, cluster, host, component, since,
                                   float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT))
         if ctx.step.arguments.get("drain"):
@@ -137,7 +138,7 @@ class RollingRestart(Operation):
             timeout=timeout)
 
     def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
-        return cluster_view_factory(access, access.cluster)
+        return cluster_view_factory(access)
 
 
 OPERATIONS: tuple[Operation, ...] = (RollingRestart(),)

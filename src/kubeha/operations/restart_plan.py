@@ -79,10 +79,14 @@ def restart_hosts(cluster: Cluster, components: Sequence[str], names: str | None
     return [h for h in cluster.hosts if h.name in chosen]
 
 
-def _restart_step(cluster: Cluster, host: Host, component: str, timeout: float) -> Step:
+def restart_step(cluster: Cluster, host: Host, component: str, timeout: float = RESTART_TIMEOUT,
+                 flags: Mapping[str, str] | None = None) -> Step:
+    """Restart ``component`` on ``host``, with ``flags`` set in its file first."""
     drain = drains_apiserver(cluster, host, component)
     changes = [Change(kind=ChangeKind.SERVICE, target=component, host=host.name, before="running",
                       after="restarted")]
+    changes += [Change(kind=ChangeKind.FILE, target=f"{file_of(cluster, host, component)} --{flag}", host=host.name,
+                       before="as when it first started", after=value) for flag, value in (flags or {}).items()]
     if runs_as_static_pod(cluster, host, component):
         changes.append(Change(kind=ChangeKind.FILE, target=str(file_of(cluster, host, component)), host=host.name,
                               before="manifest", after="manifest + restart annotation"))
@@ -95,9 +99,13 @@ def _restart_step(cluster: Cluster, host: Host, component: str, timeout: float) 
     arguments: dict[str, object] = {"host": host.name, "component": component, "drain": drain, "timeout": timeout}
     if component == ETCD:
         arguments["peer_url"] = peer_url(cluster, host)
+    if flags:
+        arguments["flags"] = dict(flags)
     return Step(
         id=f"restart-{component}-{host.name}", kind="restart-component",
-        title=f"Restart {component} on {host.name}" + (" (out of every load balancer meanwhile)" if drain else ""),
+        title=f"Restart {component} on {host.name}"
+        + (f" with {', '.join(f'--{flag}' for flag in flags)} as it now must be" if flags else "")
+        + (" (out of every load balancer meanwhile)" if drain else ""),
         hosts=(host.name,), changes=tuple(changes), safety_checks=checks,
         verification=f"a new {component} process answers its health check"
         + ("; the apiserver is back in every load balancer" if drain else ""),
@@ -133,10 +141,10 @@ def rolling_restart_plan(*, operation: str, operation_id: str, arguments: Mappin
                 continue
             if component == ETCD and host.name == leader_host:
                 steps.append(_move_leader_step(cluster, host))
-            steps.append(_restart_step(cluster, host, component, timeout))
+            steps.append(restart_step(cluster, host, component, timeout))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(steps))
 
 
 __all__ = ["MAJORITY_WHILE_DOWN", "parse_components", "parse_timeout", "restart_hosts", "restart_refusals",
-           "rolling_restart_plan"]
+           "restart_step", "rolling_restart_plan"]

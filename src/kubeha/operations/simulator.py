@@ -133,6 +133,8 @@ def effect(model: ControlPlaneModel, step: Step, cluster: Cluster) -> tuple[Cont
         after = replace(model, readers=readers)
         return after, after
     if kind == "restart-component":
+        if args.get("component") == "etcd" and model.leader == host:  # the kind moves leadership off first
+            model = effect(model, step.model_copy(update={"kind": "etcd-move-leader"}), cluster)[1]
         during = model
         if args.get("drain"):
             during = replace(during, in_lbs=during.in_lbs - {host})

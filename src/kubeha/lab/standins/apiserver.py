@@ -95,6 +95,7 @@ RESOURCES = (
     Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, "leases"),
     Resource("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, "daemonsets", ("ds",),
              ("status",)),
+    Resource("", "v1", "endpoints", "endpoints", "Endpoints", True, "services/endpoints", ("ep",)),
 )
 NAMESPACES = RESOURCES[3]
 GROUP_VERSIONS = tuple(dict.fromkeys(r.group_version for r in RESOURCES))
