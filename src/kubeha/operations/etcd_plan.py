@@ -308,12 +308,13 @@ def _pairs(cluster: Cluster, change: MembershipChange, facts: EtcdFacts) -> list
     """(joining, leaving) pairs in the order they run: the pair whose leaving member leads
     goes last (its leadership then moves to a member that stays)."""
     pairs = list(zip_longest(change.adds, change.removes))
-    leader = next((m for m in facts.members if m.id == facts.leader_id), None)
+    return sorted(pairs, key=lambda pair: pair[1] is not None and leads(cluster, facts, pair[1]))
 
-    def leads(pair: tuple[Host | None, Host | None]) -> bool:
-        return leader is not None and pair[1] is not None and peer_url(cluster, pair[1]) in leader.peer_urls
 
-    return sorted(pairs, key=leads)
+def leads(cluster: Cluster, facts: EtcdFacts, host: Host) -> bool:
+    """Whether ``host``'s member led etcd when ``facts`` were read."""
+    member = live_member(facts.members, cluster, host)
+    return member is not None and member.id == facts.leader_id
 
 
 CALICO = "calico"  # the consumer key of calico's etcd endpoints, beside the masters' names
@@ -353,23 +354,26 @@ def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFact
         final = etcd_servers_after(current, _consumer_host(cluster, key), cluster.etcd_members, after.etcd_members)
         if lists[key] != final:
             repoint(key, final, f"repoint-{_consumer_step(key)}")
-    return accept_later_lists(steps)
+    return accept_later_values(steps)
 
 
-_REPOINT_KINDS = ("apiserver-etcd-servers", "calico-etcd-endpoints")
+# kinds whose steps set one thing (a consumer's etcd list, the inventory file) that a later
+# step of the same kind may set again: the argument that holds the value set
+_LATER_VALUES = {"apiserver-etcd-servers": "etcd_servers", "calico-etcd-endpoints": "etcd_servers",
+                 "inventory-update": "digest"}
 
 
-def accept_later_lists(steps: Sequence[Step]) -> list[Step]:
-    """``steps`` with each repoint step accepting its own list and every later one of the
-    same consumer: a consumer already on a later list has done an earlier repoint's job
-    (a resumed run must not point it back)."""
-    def consumer(step: Step) -> tuple[str, object] | None:
-        return (step.kind, step.arguments.get("host")) if step.kind in _REPOINT_KINDS else None
+def accept_later_values(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with each such step accepting its own value and every later one for the
+    same thing: a thing already at a later value has had an earlier step's job done (a
+    resumed run must not set it back)."""
+    def thing(step: Step) -> tuple[str, object] | None:
+        return (step.kind, step.arguments.get("host")) if step.kind in _LATER_VALUES else None
 
     done = list(steps)
     for i, step in enumerate(done):
-        if consumer(step) is not None:
-            later = [s.arguments["etcd_servers"] for s in done[i:] if consumer(s) == consumer(step)]
+        if thing(step) is not None:
+            later = [s.arguments[_LATER_VALUES[s.kind]] for s in done[i:] if thing(s) == thing(step)]
             done[i] = step.model_copy(update={"arguments": {**step.arguments, "accepted": later}})
     return done
 
@@ -454,8 +458,8 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
 
 
 __all__ = [
-    "CAUGHT_UP", "ETCD_HEALTHY", "accept_later_lists", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
-    "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "live_member",
+    "CAUGHT_UP", "ETCD_HEALTHY", "accept_later_values", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
+    "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "leads", "live_member",
     "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals",
     "snapshot_step",
     "supports_learners",

@@ -30,8 +30,8 @@ from kubeha.etcd.gateway import EtcdMember
 from kubeha.model import Cluster, EtcdTopology, Host, Role
 from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER, file_of
 from kubeha.operations.etcd_plan import (
-    ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_lists, client_url, cluster_after,
-    etcd_servers_after, inventory_step, live_member, membership_steps, refusals, snapshot_step, supports_learners,
+    ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_values, client_url, cluster_after,
+    etcd_servers_after, inventory_step, leads, membership_steps, refusals, snapshot_step, supports_learners,
 )
 from kubeha.operations.restart_plan import restart_step
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
@@ -370,11 +370,6 @@ def facts_after(facts: EtcdFacts, cluster: Cluster, steps: Sequence[Step]) -> Et
                    unhealthy=())
 
 
-def _leads(cluster: Cluster, facts: EtcdFacts, host: Host) -> bool:
-    member = live_member(facts.members, cluster, host)
-    return member is not None and member.id == facts.leader_id
-
-
 def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
                          pairs: Sequence[tuple[Host, Host]], facts: EtcdFacts, leader_elect: Mapping[str, str],
                          nodes_first: Sequence[Step], inventory_digest: str, inventory_path: Path, render_inventory: Callable[[Cluster], str],
@@ -391,12 +386,11 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
     reasons += _vip_reasons(cluster, [old for old, _ in pairs]) + _leader_elect_reasons(leader_elect)
     if reasons:
         raise PlanError(f"{operation} refused: " + "; ".join(reasons))
-    ordered = sorted(pairs, key=lambda pair: _leads(cluster, facts, pair[0]))
+    ordered = sorted(pairs, key=lambda pair: leads(cluster, facts, pair[0]))
     # the snapshot is kept on the first new master: every old one is retired
     steps = [snapshot_step(operation_id, ordered[0][1], snapshot_dir)] if change.adds or change.removes else []
     steps += nodes_first
     state, digest = cluster, inventory_digest
-    inventories: list[Step] = []
     for old, new in ordered:
         for adding, name in ((True, new.name), (False, old.name)):
             host, part = master_change(state, name, adding)
@@ -406,21 +400,16 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
             facts = facts_after(facts, state, part_steps)
             state = with_roles(state, name, roles)
             text = render_inventory(state)
-            inventories.append(inventory_step(
-                inventory_path, digest, text, inventory_text_digest(text),
-                f"{name} {'a master' if adding else 'no longer a master'}",
-                step_id=f"update-inventory-{'add' if adding else 'remove'}-{name}"))
-            digest = inventory_text_digest(text)
-            steps += _unique(steps, part_steps, name) + [inventories[-1]]
+            rewrite = inventory_step(inventory_path, digest, text, inventory_text_digest(text),
+                                     f"{name} {'a master' if adding else 'no longer a master'}",
+                                     step_id=f"update-inventory-{'add' if adding else 'remove'}-{name}")
+            digest = rewrite.arguments["digest"]  # type: ignore[assignment]
+            steps += _unique(steps, part_steps, name) + [rewrite]
     joined = [state.host(new.name) for new in change.adds]
     steps += [restart_step(state, host, ETCD, flags={"initial-cluster": state.etcd_initial_cluster()})
               for host in joined]
-    # a later rewrite of the inventory has done an earlier one's job (for resume)
-    for i, step in enumerate(inventories):
-        accepted = [s.arguments["digest"] for s in inventories[i:]]
-        steps[steps.index(step)] = step.model_copy(update={"arguments": {**step.arguments, "accepted": accepted}})
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
-                      inventory_digest=inventory_digest, steps=tuple(accept_later_lists(steps)))
+                      inventory_digest=inventory_digest, steps=tuple(accept_later_values(steps)))
 
 
 def _unique(earlier: Sequence[Step], steps: Sequence[Step], name: str) -> list[Step]:
