@@ -150,6 +150,13 @@ def test_migrate_masters_adds_each_new_master_then_removes_its_old_one_leader_la
     assert restarts[0].arguments["flags"] == {"initial-cluster": ",".join(
         f"spare{i}=https://10.0.0.2{i}:2380" for i in (1, 2, 3))}
     assert all(s.arguments["drain"] for s in restarts)  # a stacked apiserver reads its own member
+    # a member that stays names the old ones still: restarted too, after the new ones
+    partial = migrate(cluster, "master2=spare2", facts_for(cluster, leader="master1"))
+    restarts = [s for s in partial.steps if s.kind == "restart-component"]
+    assert [s.arguments["host"] for s in restarts] == ["spare2", "master1", "master3"]
+    assert {s.arguments["flags"]["initial-cluster"] for s in restarts} == {",".join(
+        f"{name}=https://{address}:2380" for name, address in
+        (("master1", "10.0.0.11"), ("master3", "10.0.0.13"), ("spare2", "10.0.0.22")))}
     # a later master is copied from a master of the cluster as it is then
     assert p.step("copy-master-files-spare3").arguments["source"] in {"master1", "master3", "spare2"}
 

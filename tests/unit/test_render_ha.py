@@ -204,8 +204,9 @@ def _keepalived_test(conf: Path, interface: str) -> subprocess.CompletedProcess[
 
 @pytest.mark.parametrize("unicast", [False, True], ids=["multicast", "unicast"])
 def test_keepalived_conf_passes_keepalived_check(cluster: Cluster, unicast: bool, tmp_path: Path) -> None:
-    for priority, host in zip((150, 140, 130), cluster.lb_hosts):
-        conf = _write(tmp_path, f"{host.name}.conf", render_keepalived_conf(cluster, host, priority, unicast=unicast))
+    for priority, host, preempt in zip((150, 140, 254), cluster.lb_hosts, (False, False, True)):
+        conf = _write(tmp_path, f"{host.name}.conf",
+                      render_keepalived_conf(cluster, host, priority, unicast=unicast, preempt=preempt))
         result = _keepalived_test(conf, cluster.vip.interface)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout + result.stderr == ""  # keepalived -t prints only problems
@@ -225,6 +226,8 @@ def test_keepalived_conf_holds_the_vip_with_vrrp3_and_peers() -> None:
     assert "unicast_peer {" not in multicast
     explicit = render_keepalived_conf(c, m1, 150, unicast=True, peers=["10.77.0.14"])
     assert "10.77.0.14" in explicit and "10.77.0.12" not in explicit
+    heir = [line.strip() for line in render_keepalived_conf(c, m1, 254, preempt=True).splitlines()]
+    assert "priority 254" in heir and "state BACKUP" in heir and "nopreempt" not in heir
 
 
 def test_keepalived_alone_keeps_multicast_under_unicast() -> None:

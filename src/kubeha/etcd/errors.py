@@ -5,3 +5,7 @@ from kubeha.errors import KubehaError
 
 class EtcdError(KubehaError):
     """etcd could not be reached or refused a request."""
+
+
+class EtcdUnanswered(EtcdError):
+    """No endpoint answered (all down or unreachable, as against a refusal): a retry may succeed."""

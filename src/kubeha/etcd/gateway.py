@@ -22,10 +22,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
-from kubeha.etcd.errors import EtcdError
+from kubeha.etcd.errors import EtcdError, EtcdUnanswered
 from kubeha.etcd.snapshot import SnapshotStatus, verify_snapshot
 
-__all__ = ["EtcdError", "SnapshotStatus", "verify_snapshot"]  # re-exported: callers import them from here
+__all__ = ["EtcdError", "EtcdUnanswered", "SnapshotStatus", "verify_snapshot"]  # re-exported: callers import them from here
 
 _GRPC_UNAVAILABLE = 14
 # What a member says while it loses or gives up leadership, or stops (a member being moved
@@ -293,7 +293,7 @@ class EtcdClient:
                 continue
             self._preferred = index
             return answer
-        raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}")
+        raise EtcdUnanswered(f"no etcd endpoint answered {path}: {'; '.join(failures)}")
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._first_answer(path, lambda endpoint: self._post_to(endpoint, path, body))

@@ -25,11 +25,13 @@ from kubeha.lb.plan import (
     KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
     install_hint, lb_configs,
 )
-from kubeha.model import Cluster, VirtualIP
+from kubeha.model import Cluster, Host, VirtualIP
+from kubeha.render import render_keepalived_conf
 
 T = TypeVar("T")
 Report = Callable[[str], None]
 
+HANDOVER_PRIORITY = 254  # above every usual one (150 down): the new holder preempts the old
 VIP_TIMEOUT = 30.0  # keepalived takes the VIP within 3 adverts (0.6 s) once its check passes
 _VIP_POLL = 0.2
 _RUNNING = ("active", "reloading")
@@ -263,3 +265,28 @@ def apply_lb_plan(access: ClusterAccess, plan: LbPlan, *, operation_id: str | No
             run.steps(steps)
     holders = run.vip_holders(vip) if any(s.config.service is KEEPALIVED for s in pending) else ()
     return LbApplyResult(run.backup.operation_id, tuple(run.done), holders)
+
+
+def hand_over_vip(access: ClusterAccess, cluster: Cluster, to: Host, backup: BackupSet,
+                  report: Report = lambda _: None) -> None:
+    """Move the VIP to ``to`` before its holder stops (make before break): keepalived on
+    ``to`` is reloaded with the highest priority and ``preempt``, takes the VIP, and the
+    holder steps down on its first advert, so some host holds the VIP at every moment.
+    (Stopping the holder instead leaves ~0.1 s with no holder: a SYN then costs a client
+    a 1 s retransmit.) The next `lb apply` of the caller writes ``to``'s usual config back;
+    on a failure here ``to``'s config is restored."""
+    vip = cluster.vip
+    assert vip is not None
+    config = ManagedConfig(to, KEEPALIVED, cluster.paths.keepalived_conf,
+                           render_keepalived_conf(cluster, to, HANDOVER_PRIORITY, preempt=True).encode())
+    check_configs(access, [config])
+    run = _Run(access, backup, report)
+    run.steps([ServiceStep(config, changed=True, action=Action.RELOAD)])
+    started = time.monotonic()
+    while (holders := run.vip_holders(vip)) != (to.name,):
+        if time.monotonic() - started > VIP_TIMEOUT:
+            run.fail([(to.name, HostError(
+                f"{to.name}: keepalived did not take the VIP {vip.address} over from "
+                f"{', '.join(holders) or 'nobody'} within {VIP_TIMEOUT:g} s; see `journalctl -u keepalived` there"))])
+        time.sleep(_VIP_POLL)
+    report(f"{to.name}: took the VIP {vip.address} over after {time.monotonic() - started:.2f} s")

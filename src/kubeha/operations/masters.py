@@ -26,7 +26,7 @@ from kubeha.inventory import Inventory, dump_inventory
 from kubeha.kube import (
     delete_node, kubeconfig_credentials, names_an_address, node_ready, objects_naming, patch_node, read_node,
 )
-from kubeha.lb.apply import VIP_TIMEOUT, apply_lb_plan, read_lb_state, vip_holding
+from kubeha.lb.apply import VIP_TIMEOUT, apply_lb_plan, hand_over_vip, read_lb_state, vip_holding
 from kubeha.lb.drain import backend_states, put_back, take_out, wait_ready
 from kubeha.lb.plan import node_proxy_hosts, plan_lb_apply
 from kubeha.model import Cluster, Host, Role
@@ -304,7 +304,7 @@ class LbServer(StepKind):
     def apply(self, ctx: StepContext) -> None:
         access, host, after = _access(ctx), _host(ctx), _after(ctx)
         if not self._adding(ctx):  # a master that is an LB host stops being one first
-            _stop_lb_services(access, host, access.cluster, after)
+            _stop_lb_services(ctx, host, access.cluster, after)
         _configure_lbs(ctx, after, down={host.name} if self._adding(ctx) else set())
 
     def verify(self, ctx: StepContext) -> None:
@@ -315,18 +315,24 @@ class LbServer(StepKind):
     def rollback(self, ctx: StepContext) -> None:
         access, host = _access(ctx), _host(ctx)
         if self._adding(ctx):
-            _stop_lb_services(access, host, _after(ctx), access.cluster)
+            _stop_lb_services(ctx, host, _after(ctx), access.cluster)
             _stop_node_proxy(access, host, _after(ctx), access.cluster)
             access.restore(host, ctx.step_backup_set)  # the configs it got go too
         _configure_lbs(ctx, access.cluster, down={host.name})
 
 
-def _stop_lb_services(access: ClusterAccess, host: Host, before: Cluster, after: Cluster) -> None:
+def _stop_lb_services(ctx: StepContext, host: Host, before: Cluster, after: Cluster) -> None:
     """Stop keepalived and haproxy on ``host`` when it is an LB host in ``before`` and not in
-    ``after``: keepalived first (stopping, it hands the VIP over at once with a priority 0
-    advert; waited for), then haproxy."""
+    ``after``. When it holds the VIP, the first LB host staying takes it over first (make
+    before break); keepalived then stops (waited for until another host holds the VIP), then
+    haproxy."""
     if before.vip is None or host not in before.lb_hosts or host in after.lb_hosts:
         return
+    access = _access(ctx)
+    heir = next((h for h in after.lb_hosts if h in before.lb_hosts), None)
+    if heir is not None and _held(access, before).get(host.name):
+        ctx.took_backup(heir.name, ctx.step_backup_set)
+        hand_over_vip(access, before, heir, ctx.step_backup_set)
     access.run(host, ["systemctl", "disable", "--now", "keepalived"], check=True)
     _wait(lambda: None if [h for h, held in _held(access, after).items() if held and h != host.name]
           else "no other host holds it", VIP_TIMEOUT, f"the VIP did not move off {host.name}")

@@ -376,8 +376,9 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
                          snapshot_dir: Path, now: datetime) -> Plan:
     """Pair by pair (the pair whose old member leads etcd last): the new master added, the
     old one removed, each as ``add-master`` and ``remove-master`` do it, the inventory
-    rewritten after each; then each new etcd member restarted with an --initial-cluster
-    that names the members it now has (its first start had to name the old ones).
+    rewritten after each; then each etcd member restarted, new ones first, with an
+    --initial-cluster that names the members it now has (a new one's first start had to
+    name the old ones; a staying one's names them still).
     ``nodes_first``: steps that point nodes naming an old master elsewhere, before any goes."""
     change = migration_change(cluster, pairs)
     reasons = refusals(cluster, change, facts, even_ok=True)
@@ -405,9 +406,12 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
                                      step_id=f"update-inventory-{'add' if adding else 'remove'}-{name}")
             digest = rewrite.arguments["digest"]  # type: ignore[assignment]
             steps += _unique(steps, part_steps, name) + [rewrite]
-    joined = [state.host(new.name) for new in change.adds]
+    # a member staying still names the old ones in its --initial-cluster: harmless until its
+    # data dir is wiped and it joins again, at addresses that may be another machine's by then
+    members = sorted(state.etcd_members, key=lambda h: h.name not in {new.name for new in change.adds}) \
+        if change.adds else []
     steps += [restart_step(state, host, ETCD, flags={"initial-cluster": state.etcd_initial_cluster()})
-              for host in joined]
+              for host in members]
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(accept_later_values(steps)))
 

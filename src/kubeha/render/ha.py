@@ -102,6 +102,7 @@ def render_keepalived_conf(
     *,
     unicast: bool | None = None,
     peers: Sequence[IPv4Address | str] | None = None,
+    preempt: bool = False,
 ) -> str:
     """keepalived.conf for ``host``: one VRRPv3 instance holding the VIP.
 
@@ -111,7 +112,9 @@ def render_keepalived_conf(
     ``extra_vips``) moves together. With ``unicast`` (default: the inventory's
     ``load_balancer.keepalived_unicast``) the adverts go to ``peers``
     (default: the other LB hosts) instead of the VRRP multicast group; a host without
-    peers (a single LB host) has nobody to advertise to and keeps multicast.
+    peers (a single LB host) has nobody to advertise to and keeps multicast. With
+    ``preempt`` the host takes the VIP from a holder of lower priority (a handoff, see
+    ``kubeha.lb.apply.hand_over_vip``).
     """
     vip = _vip(cluster)
     if unicast is None:
@@ -138,6 +141,7 @@ def render_keepalived_conf(
         interface=vip.interface,
         vrid=vip.vrid,
         priority=priority,
+        preempt=preempt,
         advert_int=KEEPALIVED_ADVERT_INT,
         unicast_src_ip=str(host.address) if unicast and peer_addresses else None,
         peers=peer_addresses,

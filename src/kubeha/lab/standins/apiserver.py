@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kubeha.etcd.gateway import EtcdClient, EtcdError
+from kubeha.etcd.gateway import EtcdClient, EtcdError, EtcdUnanswered
 from kubeha.lab.standins.common import kube_time, parse_time, start_standin
 
 log = logging.getLogger("kube-apiserver")  # configured by start_standin
@@ -45,6 +45,7 @@ VERSION = {
 }
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 READY_CACHE_SECONDS = 0.2
+READ_RETRY_PAUSES = (0.1, 0.3)  # seconds before a read is tried again
 Obj = dict[str, Any]
 
 # --- flags -----------------------------------------------------------------------------
@@ -817,7 +818,7 @@ class Handler(BaseHTTPRequestHandler):
             user=subject_user(self.connection.getpeercert()),
         )
         try:
-            code, body = self.server.api.handle(request)
+            code, body = self._handle(request)
         except ApiError as e:
             code, body = e.code, status_object(e.code, e.reason, str(e), e.details)
         except EtcdError as e:
@@ -827,6 +828,20 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("%s %s", self.command, url.path)
             code, body = 500, status_object(500, "InternalError", f"{type(e).__name__}: {e}")
         self._send(code, body)
+
+    def _handle(self, request: Request) -> Response:
+        """As the real apiserver's etcd client does, a read no endpoint answered is tried
+        again after a pause (a member stopping or a connection dropped under it); a write is
+        not, since it may have been applied."""
+        for pause in READ_RETRY_PAUSES:
+            try:
+                return self.server.api.handle(request)
+            except EtcdUnanswered as e:
+                if request.method != "GET":
+                    raise
+                log.warning("%s %s: %s; trying again in %s s", request.method, request.path, e, pause)
+                time.sleep(pause)
+        return self.server.api.handle(request)
 
     def _send(self, code: int, body: Obj | str) -> None:
         if isinstance(body, str):
