@@ -56,13 +56,16 @@ class Host(_Frozen):
         return self.node_name or self.name
 
 
+DEFAULT_VRID = 51  # keepalived's VRRP router id of a VIP the inventory gives none for
+
+
 class VirtualIP(_Frozen):
     """The VIP held by keepalived and the port haproxy serves the apiservers on."""
 
     address: IPv4Address
     port: int = Field(default=8443, ge=1, le=65535)
     interface: str = "eth0"
-    vrid: int = Field(default=51, ge=1, le=255)
+    vrid: int = Field(default=DEFAULT_VRID, ge=1, le=255)
 
 
 class LoadBalancer(_Frozen):

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import check, inventory, lab, lb, nodes, operations, probe
+from kubeha.cli import check, endpoint, inventory, lab, lb, nodes, operations, probe
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app.command("journal")(operations.journal_command)
 app.add_typer(operations.etcd_app, name="etcd")
 operations.plan_app.command("repoint-nodes")(nodes.plan_repoint_nodes)
 app.command("repoint-nodes")(nodes.repoint_nodes)
+operations.plan_app.command("change-endpoint")(endpoint.plan_change_endpoint)
+app.command("change-endpoint")(endpoint.change_endpoint)
 app.command("rolling-restart")(operations.rolling_restart)
 app.command("add-master")(operations.add_master)
 app.command("remove-master")(operations.remove_master)

@@ -16,9 +16,9 @@ _registered: dict[str, Operation] = {}
 
 def _builtin() -> tuple[Operation, ...]:
     """The operations kubeha ships, imported on first use."""
-    from kubeha.operations import etcd, masters, nodes, restart
+    from kubeha.operations import endpoint, etcd, masters, nodes, restart
 
-    return (*etcd.OPERATIONS, *masters.OPERATIONS, *restart.OPERATIONS, *nodes.OPERATIONS)
+    return (*etcd.OPERATIONS, *masters.OPERATIONS, *restart.OPERATIONS, *nodes.OPERATIONS, *endpoint.OPERATIONS)
 
 
 def operations() -> dict[str, Operation]:

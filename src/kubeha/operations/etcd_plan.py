@@ -357,10 +357,10 @@ def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFact
     return accept_later_values(steps)
 
 
-# kinds whose steps set one thing (a consumer's etcd list, the inventory file) that a later
-# step of the same kind may set again: the argument that holds the value set
+# kinds whose steps set one thing (a consumer's etcd list, the inventory file, the VIPs the
+# LBs serve) that a later step of the same kind may set again: the argument that holds the value set
 _LATER_VALUES = {"apiserver-etcd-servers": "etcd_servers", "calico-etcd-endpoints": "etcd_servers",
-                 "inventory-update": "digest"}
+                 "inventory-update": "digest", "lb-vips": "vips"}
 
 
 def accept_later_values(steps: Sequence[Step]) -> list[Step]:

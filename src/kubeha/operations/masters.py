@@ -85,22 +85,24 @@ def master_view_factory(access: ClusterAccess) -> ViewFactory:
 # ---- what the step kinds share ------------------------------------------------------------------
 
 
-def _access(ctx: StepContext) -> ClusterAccess:
+def step_access(ctx: StepContext) -> ClusterAccess:
+    """The access the engine runs the step with."""
     return ctx.cluster
 
 
-def _host(ctx: StepContext) -> Host:
-    return _access(ctx).cluster.host(str(ctx.step.arguments["host"]))
+def step_host(ctx: StepContext) -> Host:
+    """The host the step's ``host`` argument names, in the cluster as the inventory now has it."""
+    return step_access(ctx).cluster.host(str(ctx.step.arguments["host"]))
 
 
 def _after(ctx: StepContext) -> Cluster:
     """The cluster once the operation is done: the step's host with its new roles."""
     roles = ctx.step.arguments.get("roles") or []
-    return with_roles(_access(ctx).cluster, str(ctx.step.arguments["host"]), [str(r) for r in roles])  # type: ignore[union-attr]
+    return with_roles(step_access(ctx).cluster, str(ctx.step.arguments["host"]), [str(r) for r in roles])  # type: ignore[union-attr]
 
 
 def _source(ctx: StepContext) -> Host:
-    return _access(ctx).cluster.host(str(ctx.step.arguments["source"]))
+    return step_access(ctx).cluster.host(str(ctx.step.arguments["source"]))
 
 
 def _backup(ctx: StepContext, host: Host | str) -> Any:
@@ -184,17 +186,17 @@ class CopyMasterFiles(StepKind):
     name = "master-files"
 
     def _paths(self, ctx: StepContext) -> list[PurePosixPath]:
-        access, after, host = _access(ctx), _after(ctx), _host(ctx)
+        access, after, host = step_access(ctx), _after(ctx), step_host(ctx)
         p = access.cluster.paths
         return [p.ca.cert, p.apiserver.cert, p.admin_kubeconfig, p.kubelet_kubeconfig,
                 *(f.path for f in render_kubelet(after, after.host(host.name)))]
 
     def is_done(self, ctx: StepContext) -> bool:
-        access, host = _access(ctx), _host(ctx)
+        access, host = step_access(ctx), step_host(ctx)
         return all(access.stat(host, path) is not None for path in self._paths(ctx))
 
     def apply(self, ctx: StepContext) -> None:
-        access, host, source = _access(ctx), _host(ctx), _source(ctx)
+        access, host, source = step_access(ctx), step_host(ctx), _source(ctx)
         cluster, after = access.cluster, _after(ctx)
         p = cluster.paths
         backup = _backup(ctx, host)
@@ -238,13 +240,36 @@ class CopyMasterFiles(StepKind):
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
-            raise StepNotVerified(f"{_host(ctx).name} lacks a file of its master's set")
+            raise StepNotVerified(f"{step_host(ctx).name} lacks a file of its master's set")
 
     def rollback(self, ctx: StepContext) -> None:
-        _access(ctx).restore(_host(ctx), ctx.step_backup_set)
+        step_access(ctx).restore(step_host(ctx), ctx.step_backup_set)
 
 
-class RemoveMasterFiles(StepKind):
+class HostFilesStep(StepKind):
+    """A step that writes or removes files on the host its ``host`` argument names, each
+    backed up in the step's set first: done when ``left`` finds nothing to change, undone by
+    restoring the backup."""
+
+    left_says = "still has"
+
+    def left(self, ctx: StepContext) -> list[str]:
+        """The files the step has still to change."""
+        raise NotImplementedError
+
+    def is_done(self, ctx: StepContext) -> bool:
+        return not self.left(ctx)
+
+    def verify(self, ctx: StepContext) -> None:
+        left = self.left(ctx)
+        if left:
+            raise StepNotVerified(f"{step_host(ctx).name} {self.left_says} {', '.join(left[:3])}")
+
+    def rollback(self, ctx: StepContext) -> None:
+        step_access(ctx).restore(step_host(ctx), ctx.step_backup_set)
+
+
+class RemoveMasterFiles(HostFilesStep):
     """A retired master's files gone (each kept in the step's backup on the host): its PKI,
     kubeconfigs, kubelet files, component manifests or units, and the load-balancer configs
     it no longer serves. Its CA keys must not outlive its role there."""
@@ -252,7 +277,7 @@ class RemoveMasterFiles(StepKind):
     name = "master-files-removed"
 
     def _paths(self, ctx: StepContext) -> list[PurePosixPath]:
-        access, host, after = _access(ctx), _host(ctx), _after(ctx)
+        access, host, after = step_access(ctx), step_host(ctx), _after(ctx)
         cluster = access.cluster
         p = cluster.paths
         found = _pki_files(access, cluster, host)
@@ -267,20 +292,13 @@ class RemoveMasterFiles(StepKind):
             found.append(p.node_proxy_conf)
         return [path for path, there in _read_files(access, host, found).items() if there is not None]
 
-    def is_done(self, ctx: StepContext) -> bool:
-        return not self._paths(ctx)
+    def left(self, ctx: StepContext) -> list[str]:
+        return [str(p) for p in self._paths(ctx)]
 
     def apply(self, ctx: StepContext) -> None:
-        access, host = _access(ctx), _host(ctx)
+        access, host = step_access(ctx), step_host(ctx)
         access.remove_files(host, self._paths(ctx), backup=_backup(ctx, host))
 
-    def verify(self, ctx: StepContext) -> None:
-        left = self._paths(ctx)
-        if left:
-            raise StepNotVerified(f"{_host(ctx).name} still has {', '.join(map(str, left[:3]))}")
-
-    def rollback(self, ctx: StepContext) -> None:
-        _access(ctx).restore(_host(ctx), ctx.step_backup_set)
 
 
 class LbServer(StepKind):
@@ -294,31 +312,31 @@ class LbServer(StepKind):
 
     def is_done(self, ctx: StepContext) -> bool:
         try:
-            states = backend_states(_access(ctx), _after(ctx))
+            states = backend_states(step_access(ctx), _after(ctx))
         except HostError:  # a new LB host's haproxy does not run yet
             return False
-        name = _host(ctx).name
+        name = step_host(ctx).name
         listed = [name in servers for servers in (*states.haproxy.values(), *states.node_proxies.values())]
         return all(listed) if self._adding(ctx) else not any(listed)
 
     def apply(self, ctx: StepContext) -> None:
-        access, host, after = _access(ctx), _host(ctx), _after(ctx)
+        access, host, after = step_access(ctx), step_host(ctx), _after(ctx)
         if not self._adding(ctx):  # a master that is an LB host stops being one first
             _stop_lb_services(ctx, host, access.cluster, after)
-        _configure_lbs(ctx, after, down={host.name} if self._adding(ctx) else set())
+        configure_lbs(ctx, after, down={host.name} if self._adding(ctx) else set())
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
             raise StepNotVerified(f"a load balancer {'lacks' if self._adding(ctx) else 'still lists'} "
-                                  f"the apiserver of {_host(ctx).name}")
+                                  f"the apiserver of {step_host(ctx).name}")
 
     def rollback(self, ctx: StepContext) -> None:
-        access, host = _access(ctx), _host(ctx)
+        access, host = step_access(ctx), step_host(ctx)
         if self._adding(ctx):
             _stop_lb_services(ctx, host, _after(ctx), access.cluster)
             _stop_node_proxy(access, host, _after(ctx), access.cluster)
             access.restore(host, ctx.step_backup_set)  # the configs it got go too
-        _configure_lbs(ctx, access.cluster, down={host.name})
+        configure_lbs(ctx, access.cluster, down={host.name})
 
 
 def _stop_lb_services(ctx: StepContext, host: Host, before: Cluster, after: Cluster) -> None:
@@ -328,7 +346,7 @@ def _stop_lb_services(ctx: StepContext, host: Host, before: Cluster, after: Clus
     haproxy."""
     if before.vip is None or host not in before.lb_hosts or host in after.lb_hosts:
         return
-    access = _access(ctx)
+    access = step_access(ctx)
     heir = next((h for h in after.lb_hosts if h in before.lb_hosts), None)
     if heir is not None and _held(access, before).get(host.name):
         ctx.took_backup(heir.name, ctx.step_backup_set)
@@ -350,8 +368,10 @@ def _held(access: ClusterAccess, cluster: Cluster) -> dict[str, bool]:
     return {h: bool(o.value) for h, o in vip_holding(access, cluster.vip).items() if o.ok}
 
 
-def _configure_lbs(ctx: StepContext, cluster: Cluster, down: set[str]) -> None:
-    access = _access(ctx)
+def configure_lbs(ctx: StepContext, cluster: Cluster, down: set[str]) -> None:
+    """Every LB config rendered for ``cluster`` (``down``: apiservers out of rotation),
+    written where it differs and its service reloaded or started, each file backed up in the step's set."""
+    access = step_access(ctx)
     state = read_lb_state(access, cluster)
     plan = plan_lb_apply(cluster, state.files, state.running, down=down)
     for config in {c.config.host.name for c in plan.pending}:
@@ -370,15 +390,15 @@ class LbRotation(StepKind):
 
     def _cluster(self, ctx: StepContext) -> Cluster:
         # a master being added is one only in the cluster after; one leaving is one before
-        return _after(ctx) if self._into(ctx) else _access(ctx).cluster
+        return _after(ctx) if self._into(ctx) else step_access(ctx).cluster
 
     def is_done(self, ctx: StepContext) -> bool:
-        states = backend_states(_access(ctx), self._cluster(ctx))
-        name = _host(ctx).name
+        states = backend_states(step_access(ctx), self._cluster(ctx))
+        name = step_host(ctx).name
         return states.in_everywhere(name) if self._into(ctx) else states.out_everywhere(name)
 
     def apply(self, ctx: StepContext) -> None:
-        access, host, cluster = _access(ctx), _host(ctx), self._cluster(ctx)
+        access, host, cluster = step_access(ctx), step_host(ctx), self._cluster(ctx)
         if not self._into(ctx):
             take_out(access, cluster, host.name, _backup(ctx, host))
             return
@@ -390,11 +410,11 @@ class LbRotation(StepKind):
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
-            raise StepNotVerified(f"the apiserver of {_host(ctx).name} is not "
+            raise StepNotVerified(f"the apiserver of {step_host(ctx).name} is not "
                                   f"{'in' if self._into(ctx) else 'out of'} every load balancer")
 
     def rollback(self, ctx: StepContext) -> None:
-        access, host, cluster = _access(ctx), _host(ctx), self._cluster(ctx)
+        access, host, cluster = step_access(ctx), step_host(ctx), self._cluster(ctx)
         if self._into(ctx):
             if not backend_states(access, cluster).out_everywhere(host.name):
                 take_out(access, cluster, host.name, _backup(ctx, host))
@@ -439,8 +459,8 @@ class MasterComponent(StepKind):
     def _parts(self, ctx: StepContext) -> tuple[ClusterAccess, Cluster, Host, str]:
         after = _after(ctx)
         start = bool(ctx.step.arguments.get("start"))
-        cluster = after if start else _access(ctx).cluster
-        return _access(ctx), cluster, cluster.host(str(ctx.step.arguments["host"])), str(ctx.step.arguments["component"])
+        cluster = after if start else step_access(ctx).cluster
+        return step_access(ctx), cluster, cluster.host(str(ctx.step.arguments["host"])), str(ctx.step.arguments["component"])
 
     def is_done(self, ctx: StepContext) -> bool:
         access, cluster, host, component = self._parts(ctx)
@@ -524,29 +544,29 @@ class MasterNode(StepKind):
     name = "master-node"
 
     def _node(self, ctx: StepContext) -> str:
-        return _host(ctx).kube_node_name
+        return step_host(ctx).kube_node_name
 
     def _source_marks(self, ctx: StepContext) -> dict[str, Any]:
         """The source's Node's marks; once it is gone (a migration retired it; a resumed run
         looks again), another master's."""
-        access = _access(ctx)
+        access = step_access(ctx)
         api = access.kube()
         names = [_source(ctx).kube_node_name, *(m.kube_node_name for m in access.cluster.masters
-                                               if m.name != _host(ctx).name)]
+                                               if m.name != step_host(ctx).name)]
         node = next((found for name in names if (found := read_node(api, name)) is not None), None)
         if node is None:
             raise KubehaError(f"Node {names[0]} is not in the API: its marks cannot be copied")
         return _marks(node)
 
     def is_done(self, ctx: StepContext) -> bool:
-        api = _access(ctx).kube()
+        api = step_access(ctx).kube()
         node = read_node(api, self._node(ctx))
         if not ctx.step.arguments.get("start"):
-            return node is None and not _unit_active(_access(ctx), _host(ctx), "kubelet")
+            return node is None and not _unit_active(step_access(ctx), step_host(ctx), "kubelet")
         return node_ready(api, self._node(ctx)) and _marked(node, self._source_marks(ctx))
 
     def apply(self, ctx: StepContext) -> None:
-        access, host, name = _access(ctx), _host(ctx), self._node(ctx)
+        access, host, name = step_access(ctx), step_host(ctx), self._node(ctx)
         api = access.kube()
         if ctx.step.arguments.get("start"):
             _start(access, host, "kubelet")
@@ -568,7 +588,7 @@ class MasterNode(StepKind):
                                   f"{'not Ready and marked' if ctx.step.arguments.get('start') else 'still there'}")
 
     def rollback(self, ctx: StepContext) -> None:
-        access, host = _access(ctx), _host(ctx)
+        access, host = step_access(ctx), step_host(ctx)
         if not ctx.step.arguments.get("start"):
             raise KubehaError(f"Node {self._node(ctx)} was deleted; start the kubelet on {host.name} to register it again")
         access.run(host, ["systemctl", "disable", "--now", "kubelet"])
@@ -595,12 +615,17 @@ def _leader_elect(access: ClusterAccess, cluster: Cluster) -> dict[str, str]:
     return found
 
 
-class _MasterOperation(EtcdMembershipOperation):
+class MasterViewOperation(EtcdMembershipOperation):
+    """An operation that looks at etcd, the load balancers, the VIP and the nodes before each step."""
+
     registry = registry
-    adding: bool
 
     def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
         return master_view_factory(access)
+
+
+class _MasterOperation(MasterViewOperation):
+    adding: bool
 
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
@@ -628,33 +653,40 @@ class _MasterOperation(EtcdMembershipOperation):
 def repoint_off(access: ClusterAccess, operation_id: str, retiring: list[Host], digest: str) -> list[Step]:
     """Steps pointing the nodes whose kubelet or kube-proxy kubeconfig names a retiring master
     at the cluster's endpoint (``repoint-nodes``' steps), or none; PlanError when they cannot."""
+    return repoint_naming(access, operation_id, [str(h.address) for h in retiring],
+                          RepointRequest(server=access.cluster.endpoint), digest, skip=retiring, what="an old master")
+
+
+def repoint_naming(access: ClusterAccess, operation_id: str, addresses: list[str], request: RepointRequest,
+                   digest: str, *, skip: Iterable[Host] = (), served_later: bool = False, what: str) -> list[Step]:
+    """Steps pointing the nodes (but ``skip``) whose kubelet or kube-proxy kubeconfig names
+    one of ``addresses`` at ``request.server`` (``repoint-nodes``' steps, with its batch,
+    failure budget and node timeout), or none; PlanError when they cannot. ``served_later``:
+    an earlier step of the plan serves the server (each repoint step checks that it answers
+    before it runs)."""
     cluster = access.cluster
-    addresses = [str(h.address) for h in retiring]
-    hosts = [h for h in node_hosts(cluster) if h not in retiring and h.name not in access.connect_errors]
+    skipped = set(skip)
+    hosts = [h for h in node_hosts(cluster) if h not in skipped and h.name not in access.connect_errors]
     nodes, unread = read_nodes_files(access, hosts)
     stale = [name for name, files in nodes.items() if any(names_an_address(server, a) for server in files.servers
                                                           for a in addresses)]
     if not stale:
         return []
-    request = RepointRequest(server=cluster.endpoint, hosts=tuple(stale))
+    request = replace(request, hosts=tuple(stale))
+    not_served = None if served_later else ServerCheck(access).reason(request.server, [cluster.host(n) for n in stale])
     facts = RepointFacts(nodes=nodes, unreachable=unread, kube_proxy_configmap=kube_proxy_servers(access),
-                         not_served=ServerCheck(access).reason(request.server, [cluster.host(n) for n in stale]))
+                         not_served=not_served)
     try:
         return list(repoint_plan(operation_id=operation_id, arguments={}, cluster=cluster, request=request,
                                  facts=facts, inventory_digest=digest, now=datetime.now(timezone.utc)).steps)
     except PlanError as e:
-        raise PlanError(f"{', '.join(stale)} name an old master and cannot be repointed at {request.server}: "
-                        f"{e}") from e
+        raise PlanError(f"{', '.join(stale)} name {what} and cannot be repointed at {request.server}: {e}") from e
 
 
-class MigrateMasters(EtcdMembershipOperation):
+class MigrateMasters(MasterViewOperation):
     """``replace``: OLD=NEW[,OLD=NEW...]: each NEW becomes a master, then its OLD stops being one."""
 
     name = "migrate-masters"
-    registry = registry
-
-    def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
-        return master_view_factory(access)
 
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:

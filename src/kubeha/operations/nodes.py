@@ -47,14 +47,16 @@ from kubeha.render.kubeconfig import kubeconfig_servers, rewrite_kubeconfig_serv
 
 _POLL = 0.5
 
-_apis: weakref.WeakKeyDictionary[ClusterAccess, k8s.ApiClient] = weakref.WeakKeyDictionary()
+_apis: weakref.WeakKeyDictionary[ClusterAccess, tuple[str, k8s.ApiClient]] = weakref.WeakKeyDictionary()
 
 
-def _api(access: ClusterAccess) -> k8s.ApiClient:
-    """One API client (through the cluster's endpoint) per access, for every read of a run."""
-    if access not in _apis:
-        _apis[access] = access.kube()
-    return _apis[access]
+def kube_api(access: ClusterAccess) -> k8s.ApiClient:
+    """One API client per access for every read of a run, through the cluster's endpoint
+    (a new one when the inventory names a new endpoint: `change-endpoint`)."""
+    endpoint = access.cluster.endpoint
+    if access not in _apis or _apis[access][0] != endpoint:
+        _apis[access] = (endpoint, access.kube())
+    return _apis[access][1]
 
 
 class NodeNotRepointed(KubehaError):
@@ -174,7 +176,7 @@ class NodesView:
 
     def ready(self, node: str) -> bool:
         if node not in self._ready:
-            self._ready[node] = node_ready(_api(self.access), node)
+            self._ready[node] = node_ready(kube_api(self.access), node)
         return self._ready[node]
 
     def repointed(self, host: str, node: str, server: str) -> bool:
@@ -274,7 +276,7 @@ def restart_and_wait(access: ClusterAccess, nodes: Sequence[BatchNode], timeout:
         else:
             stopped_at[n.host.name] = float(said[0])
     waiting = [n for n in nodes if n.host.name in stopped_at]
-    api = _api(access)
+    api = kube_api(access)
     deadline = time.monotonic() + timeout
     last_error: dict[str, str] = {}
     while waiting:
@@ -376,7 +378,7 @@ class RepointNodeBatch(StepKind):
 
 def kube_proxy_servers(access: ClusterAccess) -> tuple[str, ...] | None:
     """The servers kube-system/kube-proxy's kubeconfig names; None when it has none."""
-    text = configmap_value(_api(access), KUBE_PROXY_NAMESPACE, KUBE_PROXY_CONFIGMAP, KUBE_PROXY_KEY)
+    text = configmap_value(kube_api(access), KUBE_PROXY_NAMESPACE, KUBE_PROXY_CONFIGMAP, KUBE_PROXY_KEY)
     return None if text is None else tuple(kubeconfig_servers(text))
 
 
@@ -398,7 +400,7 @@ class RepointKubeProxyConfigMap(StepKind):
         return set(kube_proxy_servers(ctx.cluster) or ()) == {str(ctx.step.arguments["server"])}
 
     def apply(self, ctx: StepContext) -> None:
-        _set_configmap_server(_api(ctx.cluster), str(ctx.step.arguments["server"]))
+        _set_configmap_server(kube_api(ctx.cluster), str(ctx.step.arguments["server"]))
 
     def verify(self, ctx: StepContext) -> None:
         if not self.is_done(ctx):
@@ -408,7 +410,7 @@ class RepointKubeProxyConfigMap(StepKind):
     def rollback(self, ctx: StepContext) -> None:
         previous = [str(s) for s in ctx.step.arguments.get("previous") or []]  # type: ignore[union-attr]
         if previous:
-            _set_configmap_server(_api(ctx.cluster), previous[0])
+            _set_configmap_server(kube_api(ctx.cluster), previous[0])
 
 
 for _kind in (RepointNodeBatch(), RepointKubeProxyConfigMap(), RepointCalico()):

@@ -230,7 +230,7 @@ def _batch_step(cluster: Cluster, request: RepointRequest, facts: RepointFacts, 
                    "earlier": list(earlier), "budget": request.failure_budget, "timeout": request.node_timeout})
 
 
-def _configmap_step(server: str, previous: Sequence[str]) -> Step:
+def configmap_step(server: str, previous: Sequence[str]) -> Step:
     target = f"ConfigMap {KUBE_PROXY_NAMESPACE}/{KUBE_PROXY_CONFIGMAP} {KUBE_PROXY_KEY}"
     return Step(
         id="repoint-kube-proxy-configmap", kind="kube-proxy-configmap-server",
@@ -280,7 +280,7 @@ def repoint_plan(*, operation_id: str, arguments: Mapping[str, str], cluster: Cl
                            if f.kubelet is not None)
     if cluster.layout is Layout.KUBEADM and facts.kube_proxy_configmap and every_node_after \
             and set(facts.kube_proxy_configmap) != {request.server}:
-        steps.append(_configmap_step(request.server, facts.kube_proxy_configmap))
+        steps.append(configmap_step(request.server, facts.kube_proxy_configmap))
     if request.etcd and facts.calico_endpoints and tuple(facts.calico_endpoints) != request.etcd:
         calico = EtcdFacts(members=(), leader_id=0, calico_endpoints=facts.calico_endpoints,
                            calico_configmap=facts.calico_configmap, calico_hosts=facts.calico_hosts)
@@ -295,6 +295,6 @@ def repoint_plan(*, operation_id: str, arguments: Mapping[str, str], cluster: Cl
 __all__ = [
     "DEFAULT_FAILURE_BUDGET", "DEFAULT_NODE_TIMEOUT", "DEFAULT_WORKER_BATCH", "KUBE_PROXY_CONFIGMAP",
     "KUBE_PROXY_KEY", "KUBE_PROXY_NAMESPACE", "NodeFiles", "OPERATION", "RepointFacts", "RepointRequest",
-    "SERVER_SERVED", "WITHIN_BUDGET", "batches", "budget_reason", "failed_nodes", "is_loopback", "node_hosts",
+    "SERVER_SERVED", "WITHIN_BUDGET", "batches", "budget_reason", "configmap_step", "failed_nodes", "is_loopback", "node_hosts",
     "parse_request", "parse_url", "refusals", "repoint_plan", "targets",
 ]

@@ -134,6 +134,14 @@ class Registry:
     def kind(self, name: str) -> StepKind:
         return self._kinds[name]
 
+    def extended(self, *kinds: StepKind) -> Registry:
+        """A new registry with this one's kinds and checks, and ``kinds``."""
+        wider = Registry()
+        wider._kinds, wider._checks = dict(self._kinds), dict(self._checks)
+        for kind in kinds:
+            wider.add_kind(kind)
+        return wider
+
     def reasons(self, step: Step, kind: StepKind, ctx: StepContext) -> list[str]:
         """Every reason the step's named checks and its kind's precheck give on ``ctx.view``.
 

@@ -25,6 +25,7 @@ import httpx
 from kubeha.access import ClusterAccess
 from kubeha.errors import KubehaError
 from kubeha.etcd.gateway import EtcdClient
+from kubeha.model import Cluster, VirtualIP
 from kubeha.probe.summary import EtcdWritesSummary, ProbeRecord, ProbeSummary, lost_writes, summarize
 
 READ_PATH = "/api/v1/namespaces/default"  # a real read: authn, authz and etcd behind it
@@ -103,6 +104,11 @@ class EtcdWriter:
                                  lost=lost_writes(self.acknowledged, read_back))
 
 
+def _vip(cluster: Cluster) -> VirtualIP:
+    assert cluster.vip is not None  # a probe of LB paths started with one; no operation takes it away
+    return cluster.vip
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -158,18 +164,30 @@ class Probe:
         self._closers.append(client.close)
         return client
 
+    def _following(self, name: str, target: str, url_of: Callable[[Cluster], tuple[str, str | None]]) -> ProbePath:
+        """An HTTP path to ``url_of(cluster)`` (a URL and the name its certificate is checked
+        against) as the inventory has it at each request: an operation that moves the
+        endpoint (`change-endpoint`) rewrites the inventory once the new one serves."""
+        paths: dict[tuple[str, str | None], ProbePath] = {}
+
+        def read() -> int | None:
+            url, server_name = url_of(self.access.cluster)
+            if (url, server_name) not in paths:
+                paths[url, server_name] = _http_path(name, url, self._client(url), self.keep_alive, server_name)
+            return paths[url, server_name].request()
+
+        return ProbePath(name, target, read)
+
     def _build_paths(self) -> tuple[ProbePath, ...]:
         cluster = self.access.cluster
-        endpoint = cluster.endpoint
-        paths = [_http_path("vip" if cluster.vip else "endpoint", endpoint, self._client(endpoint),
-                            self.keep_alive)]
+        paths = [self._following("vip" if cluster.vip else "endpoint", cluster.endpoint, lambda c: (c.endpoint, None))]
         if cluster.vip is not None:
             for host in (h for h in cluster.lb_hosts if h.name not in self.skip_lb_hosts):
-                url = f"https://{host.address}:{cluster.vip.port}"
                 # the LB hands the connection to any apiserver, whose certificate names the
                 # VIP (what clients of an LB connect to), not necessarily this LB host
-                paths.append(_http_path(f"lb/{host.name}", url, self._client(url), self.keep_alive,
-                                        server_name=str(cluster.vip.address)))
+                paths.append(self._following(
+                    f"lb/{host.name}", f"https://{host.address}:{cluster.vip.port}",
+                    lambda c, address=host.address: (f"https://{address}:{_vip(c).port}", str(_vip(c).address))))
         if self.node_proxies and cluster.node_local_proxy:
             for host in cluster.workers:
                 port = self.access.loopback_port(host, cluster.node_local_port)

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import NamedTuple
 
 from kubeha.errors import InputError
-from kubeha.model import Cluster, Host, VirtualIP
+from kubeha.model import DEFAULT_VRID, Cluster, Host, VirtualIP
 from kubeha.render._text import render_template
 
 
@@ -109,7 +109,7 @@ def render_keepalived_conf(
     Every host starts as BACKUP with ``nopreempt``; the highest ``priority`` that comes up
     first takes the VIP and keeps it until it stops or its check fails. The check fetches
     ``/readyz`` through the local haproxy. Every VIP of the cluster (``vip`` and
-    ``extra_vips``) moves together. With ``unicast`` (default: the inventory's
+    ``extra_vips``) of one VRID moves together. With ``unicast`` (default: the inventory's
     ``load_balancer.keepalived_unicast``) the adverts go to ``peers``
     (default: the other LB hosts) instead of the VRRP multicast group; a host without
     peers (a single LB host) has nobody to advertise to and keeps multicast. With
@@ -133,20 +133,32 @@ def render_keepalived_conf(
         "keepalived.conf.j2",
         cluster_name=cluster.name,
         router_id=host.name,
-        instance="kube_apiserver_vip",
+        instances=_vrrp_instances(cluster),
         script_name="kube_apiserver_via_haproxy",
         check_script=(f"/usr/bin/curl -sfk --max-time {_KEEPALIVED_CHECK_MAX_TIME} -o /dev/null "
                       f"https://127.0.0.1:{vip.port}/readyz"),
         script=_KEEPALIVED_SCRIPT,
-        interface=vip.interface,
-        vrid=vip.vrid,
         priority=priority,
         preempt=preempt,
         advert_int=KEEPALIVED_ADVERT_INT,
         unicast_src_ip=str(host.address) if unicast and peer_addresses else None,
         peers=peer_addresses,
-        vips=[v.address for v in cluster.vips],
     )
+
+
+def _vrrp_instances(cluster: Cluster) -> list[dict[str, object]]:
+    """One VRRP instance per VRID, in the order of ``cluster.vips``: VIPs that share a VRID
+    move together. A VIP of its own VRID is served or retired without touching the other
+    instance (a backup whose instance lists other addresses than the master's adverts drops
+    them and takes the addresses too; see change-endpoint)."""
+    instances: dict[int, dict[str, object]] = {}
+    for v in cluster.vips:
+        # keepalived knows an instance by its name across a reload: one name per VRID, the
+        # default VRID's the name it always had
+        name = "kube_apiserver_vip" if v.vrid == DEFAULT_VRID else f"kube_apiserver_vip_{v.vrid}"
+        instance = instances.setdefault(v.vrid, {"name": name, "interface": v.interface, "vrid": v.vrid, "vips": []})
+        instance["vips"].append(v.address)  # type: ignore[attr-defined]
+    return list(instances.values())
 
 
 def render_node_proxy_conf(
