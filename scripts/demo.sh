@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo: installs what is needed, builds a lab (3 masters, 3 spares, 3 workers), tours it, removes it.
+# The demo: installs what is needed, builds a lab (3 masters, 3 spares, 3 workers), tours it, plans a VIP
+# change, restarts every apiserver with the probe running, removes the lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,3 +17,9 @@ echo; echo "\$ kubeha check   (the whole HA control plane, over SSH only)"
 kubeha check -i /var/lib/kubeha-lab/cluster.yaml
 echo; echo "\$ kubeha lab status"
 kubeha lab status
+INVENTORY=/var/lib/kubeha-lab/cluster.yaml
+NEW_VIP=$(python -c "from kubeha.inventory import load_inventory; print(load_inventory('$INVENTORY').cluster.vip.address + 50)")
+echo; echo "\$ kubeha plan change-endpoint --vip $NEW_VIP   (what moving the VIP would do; changes nothing)"
+kubeha plan change-endpoint --vip "$NEW_VIP" -i "$INVENTORY"
+echo; echo "\$ kubeha rolling-restart --component kube-apiserver --yes   (with the availability probe)"
+kubeha rolling-restart --component kube-apiserver -i "$INVENTORY" --yes

@@ -168,13 +168,18 @@ class Probe:
         """An HTTP path to ``url_of(cluster)`` (a URL and the name its certificate is checked
         against) as the inventory has it at each request: an operation that moves the
         endpoint (`change-endpoint`) rewrites the inventory once the new one serves."""
-        paths: dict[tuple[str, str | None], ProbePath] = {}
+        def made(where: tuple[str, str | None]) -> ProbePath:
+            return _http_path(name, where[0], self._client(where[0]), self.keep_alive, where[1])
+
+        # the first client made here, before the threads start: opening one may need a tunnel
+        first = url_of(self.access.cluster)
+        paths = {first: made(first)}
 
         def read() -> int | None:
-            url, server_name = url_of(self.access.cluster)
-            if (url, server_name) not in paths:
-                paths[url, server_name] = _http_path(name, url, self._client(url), self.keep_alive, server_name)
-            return paths[url, server_name].request()
+            where = url_of(self.access.cluster)
+            if where not in paths:
+                paths[where] = made(where)
+            return paths[where].request()
 
         return ProbePath(name, target, read)
 
