@@ -16,10 +16,10 @@ from kubeha.inventory import Inventory, dump_inventory
 from kubeha.kube import configmap_value, objects_naming, set_configmap_value
 from kubeha.lb.apply import VIP_TIMEOUT, read_lb_state, vip_holding
 from kubeha.lb.plan import plan_lb_apply
-from kubeha.model import Cluster, Layout, VirtualIP
+from kubeha.model import Cluster, Layout
 from kubeha.operations.endpoint_plan import (
     ENDPOINT_CONFIGMAPS, OPERATION, EndpointFacts, change_endpoint_plan, moved_vip, names_endpoint, parse_request,
-    replace_endpoint, vip_text, with_vips,
+    replace_endpoint, vip_text, vip_url, with_vips,
 )
 from kubeha.operations.masters import (
     HostFilesStep, MasterViewOperation, configure_lbs, registry as masters_registry, repoint_naming, step_access,
@@ -236,10 +236,10 @@ class ChangeEndpoint(MasterViewOperation):
         request = parse_request(cluster, arguments)
         old = cluster.vip
         nodes = None if old is None else parse_repoint_request(
-            {"server": _url(moved_vip(cluster, request)),
+            {"server": vip_url(moved_vip(cluster, request)),
              **{k: arguments[k] for k in ("batch", "failure_budget", "node_timeout") if arguments.get(k)}})
         operation_id, digest = new_operation_id(self.name), inventory_digest(inventory_path.read_text())
-        nodes_steps = [] if old is None or nodes is None else repoint_naming(
+        nodes_steps = [] if old is None or nodes is None else repoint_naming(  # no VIP: planning refuses
             access, operation_id, [str(old.address)], nodes, digest, served_later=True, what="the old VIP")
         return change_endpoint_plan(
             operation_id=operation_id, arguments=arguments, cluster=cluster, request=request,
@@ -258,10 +258,6 @@ class ChangeEndpoint(MasterViewOperation):
             left.append(f"kubeasz's hosts file on the machine ezctl runs on (/etc/kubeasz/clusters/"
                         f"{inventory.cluster.name}/hosts): set the ex_lb VIP to {inventory.cluster.vip.address if inventory.cluster.vip else ''}")
         return left
-
-
-def _url(vip: VirtualIP) -> str:
-    return f"https://{vip.address}:{vip.port}"
 
 
 OPERATIONS = (ChangeEndpoint(),)

@@ -209,7 +209,7 @@ def _kubeconfig_component(cluster: Cluster, path: str) -> str | None:
     return {str(p.controller_manager_kubeconfig): CONTROLLER_MANAGER, str(p.scheduler_kubeconfig): SCHEDULER}.get(path)
 
 
-def _url(vip: VirtualIP) -> str:
+def vip_url(vip: VirtualIP) -> str:
     return f"https://{vip.address}:{vip.port}"
 
 
@@ -246,15 +246,15 @@ def change_endpoint_plan(*, operation_id: str, arguments: Mapping[str, str], clu
                          "update-inventory-new-vip"))
     for master in cluster.masters:
         paths = sorted(path for path, servers in facts.kubeconfigs.get(master.name, {}).items()
-                       if _url(old) in servers)
+                       if vip_url(old) in servers)
         if paths:
-            steps.append(kubeconfigs_step(master, paths, _url(old), _url(new)))
+            steps.append(kubeconfigs_step(master, paths, vip_url(old), vip_url(new)))
             steps += [restart_step(both, master, component)
                       for path in paths if (component := _kubeconfig_component(cluster, path))]
     steps += nodes_steps
-    if facts.kube_proxy_configmap and _url(old) in facts.kube_proxy_configmap \
+    if facts.kube_proxy_configmap and vip_url(old) in facts.kube_proxy_configmap \
             and not any(s.kind == "kube-proxy-configmap-server" for s in nodes_steps):
-        steps.append(configmap_step(_url(new), facts.kube_proxy_configmap))
+        steps.append(configmap_step(vip_url(new), facts.kube_proxy_configmap))
     for (namespace, name, key), value in facts.configmaps.items():
         if value is not None and names_endpoint(value, vip_text(old)):
             steps.append(configmap_endpoint_step(namespace, name, key, old, new))
@@ -272,5 +272,5 @@ def change_endpoint_plan(*, operation_id: str, arguments: Mapping[str, str], clu
 
 __all__ = [
     "ENDPOINT_CONFIGMAPS", "EndpointFacts", "EndpointRequest", "OPERATION", "change_endpoint_plan",
-    "endpoint_refusals", "moved_vip", "names_endpoint", "parse_request", "replace_endpoint", "vip_text", "with_vips",
+    "endpoint_refusals", "moved_vip", "vip_url", "names_endpoint", "parse_request", "replace_endpoint", "vip_text", "with_vips",
 ]
