@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything kubeha, its lab and its tests need on a Debian machine (run as root):
 # the Debian packages of the real components and a virtualenv with kubeha in .venv.
+# --tests: also Debian's chromium (the report is checked as Chromium renders it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ packages=(etcd-server etcd-client haproxy keepalived nginx libnginx-mod-stream o
           openssh-client iproute2 util-linux procps curl sudo python3-venv ca-certificates)
 # Any kubectl will do; Debian's kubernetes-client conflicts with other kubectl packages.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
+[ "${1:-}" = "--tests" ] && packages+=(chromium)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -39,6 +39,19 @@ class Run:
     failed: list[str] = field(default_factory=list)  # each failed probe request, with the step it fell in
     error: KubehaError | None = None  # how the run stopped, when run_plan was told not to raise
 
+    def __repr__(self) -> str:
+        """Short, what matters first: pytest cuts a long repr of a failed test's argument in
+        the middle, and CI shows only that."""
+        failed: dict[str, int] = {}
+        for line in self.failed:
+            path, _, rest = line.partition(" ")
+            error, _, during = rest.partition(" during ")
+            key = f"{path} {error.split()[1].rstrip(':') if len(error.split()) > 1 else error} @{during}"
+            failed[key] = failed.get(key, 0) + 1
+        gaps = " ".join(f"{p.path}={p.longest_gap_ms:.0f}" for p in self.probe.paths) if self.probe else "-"
+        return (f"Run(failed: {'; '.join(f'{n}x {k}' for k, n in failed.items()) or 'none'} | gaps ms: {gaps} "
+                f"| error: {self.error})")
+
     def quorum_kept(self) -> list[Boundary]:
         """The boundaries where quorum was not kept (expect none)."""
         return [b for b in self.boundaries if not b.leader or b.healthy_voters < quorum(b.voters)]

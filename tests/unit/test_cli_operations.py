@@ -332,6 +332,23 @@ def test_journal_lists_operations_as_text_and_json(cluster, inventory, journal, 
     assert unknown.exit_code == 1 and isinstance(unknown.exception, JournalError)
 
 
+def test_report_writes_one_private_html_file_from_the_journal(cluster, inventory, journal, toy, tmp_path):
+    plan, saved = make_plan_via(toy, inventory, journal)
+    invoke("apply", saved, "--yes", "-i", inventory, "--journal", journal)
+    result = invoke("report", plan.operation_id, "--no-check", "--journal", journal)
+    assert result.exit_code == 0, result.output
+    written = journal.parent / "reports" / f"{plan.operation_id}.html"
+    assert str(written) in result.output.replace("\n", "")
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    html = written.read_text()
+    assert all(step.id in html for step in plan.steps) and "No check: --no-check" in html
+    chosen = tmp_path / "r.html"
+    assert invoke("report", plan.operation_id, "--no-check", "--journal", journal, "-o", chosen).exit_code == 0
+    assert chosen.read_text().startswith("<!DOCTYPE html>")
+    unknown = invoke("report", "nope-1", "--no-check", "--journal", journal)
+    assert unknown.exit_code == 1 and isinstance(unknown.exception, InputError)
+
+
 def test_probe_counters_count_first_attempts_and_the_longest_gap():
     counters = cli_operations.ProbeCounters(started=100.0)
     records = [ProbeRecord(100.0, "vip", True, 10.0), ProbeRecord(100.1, "vip", False, 1000.0),
@@ -359,3 +376,10 @@ def test_etcd_add_plans_saves_and_applies_in_one_go(cluster, inventory, journal,
     assert cluster.read()["c"] == "3"
     plan_only = invoke("plan", "etcd", "add", "s2", "-i", inventory, "--journal", journal)
     assert plan_only.exit_code == 0 and op.arguments[-1] == {"host": "s2"}
+
+
+def test_the_demo_says_in_one_line_that_it_needs_root(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    result = invoke("demo")
+    assert result.exit_code == 1 and isinstance(result.exception, InputError)
+    assert "run it as root" in str(result.exception)

@@ -19,7 +19,7 @@ out = Console()
 STYLES = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
 
 
-def _print_table(results: list[CheckResult]) -> None:
+def print_check_table(results: list[CheckResult]) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for column in ("status", "check", "subject", "reason"):
         table.add_column(column, overflow="fold")
@@ -62,7 +62,7 @@ def check(
     if json_output:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
-        _print_table(results)
+        print_check_table(results)
         out.print(f"{loaded.cluster.name}: {summary(results)} in {time.monotonic() - started:.1f} s",
                   highlight=False)
     raise typer.Exit(exit_code(results))

@@ -55,7 +55,10 @@ def up(
 
 @app.command()
 def status(json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the lab's hosts, services, VIP holder, nodes and memory."""
+    """Show the lab's hosts, services, VIP holder, nodes and memory.
+
+    Examples: kubeha lab status;  kubeha lab status --json | jq .vip_holders
+    """
     state = _lab().status()
     if json_output:
         print(json.dumps(state, indent=2))
@@ -65,14 +68,20 @@ def status(json_output: Annotated[bool, typer.Option("--json", help="Print JSON.
 
 @app.command()
 def down() -> None:
-    """Remove the lab: processes, namespaces, bridge, mounts and files."""
+    """Remove the lab: processes, namespaces, bridge, mounts and files.
+
+    Examples: kubeha lab down;  KUBEHA_LAB_ID=2 kubeha lab down
+    """
     _lab().down()
     out.print("lab removed")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(ctx: typer.Context, host: Annotated[str, typer.Argument(help="Lab host name, e.g. master1.")]) -> None:
-    """Open a shell on a lab host over SSH (or run a command: kubeha lab ssh master1 -- hostname)."""
+    """Open a shell on a lab host over SSH (or run a command on it).
+
+    Examples: kubeha lab ssh master1;  kubeha lab ssh master1 -- "systemctl status keepalived"
+    """
     cmd = _lab().ssh_command(host, list(ctx.args))
     os.execvp(cmd[0], cmd)
 

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kubeha.cli import check, endpoint, inventory, lab, lb, nodes, operations, probe
+from kubeha.cli import check, demo, endpoint, inventory, lab, lb, nodes, operations, probe, report
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("demo")(demo.demo)
 app.add_typer(lab.app, name="lab")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lb.app, name="lb")
@@ -27,6 +28,7 @@ app.command("apply")(operations.apply)
 app.command("resume")(operations.resume)
 app.command("rollback")(operations.rollback)
 app.command("journal")(operations.journal_command)
+app.command("report")(report.report)
 app.add_typer(operations.etcd_app, name="etcd")
 operations.plan_app.command("repoint-nodes")(nodes.plan_repoint_nodes)
 app.command("repoint-nodes")(nodes.repoint_nodes)

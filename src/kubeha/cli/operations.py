@@ -21,11 +21,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from kubeha.access import ClusterAccess
-from kubeha.cli.probe import summary_table
+from kubeha.cli.probe import print_probe_summary, probe_json
 from kubeha.errors import InputError, KubehaError
 from kubeha.inventory import Inventory, load_inventory
 from kubeha.operations import Operation, operation
@@ -263,6 +264,7 @@ class RunDisplay:
         self.prober = prober
         self.started = time.monotonic()
         self.current: Progress | None = None
+        self.finished: set[str] = set()  # steps that ended done (or were found done)
         self.counters = ProbeCounters(time.time())
         self.live = (Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
                      if out.is_terminal else None)
@@ -281,6 +283,8 @@ class RunDisplay:
         step = progress.step
         if step is None:
             return
+        if progress.event in (StepOutcome.DONE.value, StepOutcome.SKIPPED_ALREADY_DONE.value):
+            self.finished.add(step.id)
         where = Text(f"[{progress.index}/{progress.total}] {step.id}: {step.title}")
         if progress.event in _OUTCOME_EVENTS or progress.event in ("retrying", "stopping"):
             mark = Text.from_markup(_MARKS.get(progress.event, "·"))
@@ -304,16 +308,26 @@ class RunDisplay:
         else:
             status = Text(f"{self.action.value} {self.plan.operation_id}: step {p.index}/{p.total} "
                           f"{p.step.title}: {p.event} ({elapsed})")
-        return Group(status, self.probe_line())
+        return Group(status, self.hosts_table(), self.probe_line())
+
+    def hosts_table(self) -> Table:
+        """One bar per host: its steps ended done of its steps in the plan."""
+        table = Table.grid(padding=(0, 1))
+        by_host: dict[str, list[str]] = {}
+        for step in self.plan.steps:
+            for host in step.hosts:
+                by_host.setdefault(host, []).append(step.id)
+        working = set(self.current.step.hosts) if self.current and self.current.step else set()
+        for host, ids in by_host.items():
+            done = sum(1 for i in ids if i in self.finished)
+            table.add_row(Text(host, style="bold" if host in working else ""),
+                          ProgressBar(total=len(ids), completed=done, width=30), f"{done}/{len(ids)}")
+        return table
 
 
 def _last_run_id(journal: Journal, operation_id: str) -> int:
     runs = journal.runs(operation_id)
     return runs[-1].run_id if runs else 0
-
-
-def _probe_json(summary: ProbeSummary, targets: Mapping[str, str]) -> dict[str, Any]:
-    return {**summary.as_json(), "healthy": summary.healthy, "targets": dict(targets)}
 
 
 def probe_summary_from_json(data: Mapping[str, Any]) -> tuple[ProbeSummary, dict[str, str]]:
@@ -327,15 +341,6 @@ def probe_summary_from_json(data: Mapping[str, Any]) -> tuple[ProbeSummary, dict
         dict(data.get("targets", {})))
 
 
-def print_probe_summary(summary: ProbeSummary, targets: Mapping[str, str]) -> None:
-    out.print(summary_table(summary, dict(targets)))
-    if summary.etcd is not None:
-        e = summary.etcd
-        lost = "not checked: etcd could not be read back" if e.lost is None else str(len(e.lost))
-        out.print(f"etcd writes: {e.writes}, acknowledged {e.acknowledged}, lost {lost}"
-                  + (f" (numbers {', '.join(map(str, e.lost[:20]))})" if e.lost else ""))
-
-
 def _finish_probe(prober: Probe, journal: Journal, operation_id: str, run_id: int | None) -> None:
     """Stop the probe; name its timeline after the journal's run, store and print its summary."""
     summary = prober.stop()
@@ -346,7 +351,7 @@ def _finish_probe(prober: Probe, journal: Journal, operation_id: str, run_id: in
         timeline.rename(named)
         timeline = named
     if run_id is not None:
-        journal.record_probe(run_id, operation_id, _probe_json(summary, targets), timeline)
+        journal.record_probe(run_id, operation_id, probe_json(summary, targets), timeline)
     print_probe_summary(summary, targets)
     if timeline is not None:
         out.print(f"probe timeline: {timeline}", soft_wrap=True)
@@ -411,7 +416,7 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
     out.print(_result_line(result, time.monotonic() - started), soft_wrap=True)
     for line in left:
         out.print(f"left to do: {line}", soft_wrap=True)
-    out.print(f"the journal: kubeha journal {operation_id}")
+    out.print(f"the journal: kubeha journal {operation_id}; a report: kubeha report {operation_id}")
     return result
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +19,7 @@ from kubeha.inventory import load_inventory
 from kubeha.probe import Probe, ProbeSummary, new_run_id
 
 out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -72,6 +74,8 @@ def probe(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Directory for probe.jsonl (every "
                                                  "request) and summary.json; default: "
                                                  "./kubeha-probe-<run id>.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (the timeline "
+                                              "still goes to --out).")] = False,
 ) -> None:
     """Read the API every interval through the VIP and each LB host (and the node-local
     proxies), each path on its own; a failed request is retried once at once. Prints per
@@ -83,6 +87,8 @@ def probe(
       kubeha probe -i cluster.yaml --duration 30s --node-proxies --etcd-writes
 
       kubeha probe -i cluster.yaml --interval 100ms --out /tmp/probe
+
+      kubeha probe -i cluster.yaml --duration 1m --json | jq '.paths[] | select(.failures > 0)'
     """
     run_for = seconds(duration) if duration is not None else None
     every = seconds(interval)
@@ -93,7 +99,7 @@ def probe(
         runner = Probe(access, interval=every, node_proxies=node_proxies, etcd_writes=etcd_writes,
                        keep_alive=keep_alive, timeline=directory / "probe.jsonl", run_id=run_id)
         with runner:
-            out.print(f"probing {len(runner.paths)} paths every {every * 1000:g} ms"
+            (err if json_output else out).print(f"probing {len(runner.paths)} paths every {every * 1000:g} ms"
                       + (f" for {duration}" if duration else " until Ctrl-C") + f"; timeline: {runner.timeline}")
             try:
                 _wait(run_for)
@@ -101,11 +107,23 @@ def probe(
                 out.print("stopping")
     summary = runner.stop()  # stopped already by the with block: its summary
     (directory / "summary.json").write_text(json.dumps(summary.as_json(), indent=2) + "\n")
-    out.print(summary_table(summary, {p.name: p.target for p in runner.paths}))
+    if json_output:
+        print(json.dumps(probe_json(summary, {p.name: p.target for p in runner.paths}), indent=2))
+    else:
+        print_probe_summary(summary, {p.name: p.target for p in runner.paths})
+    if not summary.healthy:
+        raise typer.Exit(1)
+
+
+def probe_json(summary: ProbeSummary, targets: Mapping[str, str]) -> dict[str, Any]:
+    """The summary as the journal stores it: with ``healthy`` and each path's target."""
+    return {**summary.as_json(), "healthy": summary.healthy, "targets": dict(targets)}
+
+
+def print_probe_summary(summary: ProbeSummary, targets: Mapping[str, str]) -> None:
+    out.print(summary_table(summary, dict(targets)))
     if summary.etcd is not None:
         e = summary.etcd
         lost = "not checked: etcd could not be read back" if e.lost is None else str(len(e.lost))
         out.print(f"etcd writes: {e.writes}, acknowledged {e.acknowledged}, lost {lost}"
                   + (f" (numbers {', '.join(map(str, e.lost[:20]))})" if e.lost else ""))
-    if not summary.healthy:
-        raise typer.Exit(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -253,9 +254,9 @@ class HostFilesStep(StepKind):
 
     left_says = "still has"
 
+    @abstractmethod
     def left(self, ctx: StepContext) -> list[str]:
         """The files the step has still to change."""
-        raise NotImplementedError
 
     def is_done(self, ctx: StepContext) -> bool:
         return not self.left(ctx)

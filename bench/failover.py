@@ -1,0 +1,205 @@
+"""Benchmark: unplanned failover. The VIP holder or one apiserver dies hard; how long until
+another host holds the VIP, and until the API answers through the VIP again; kubeha's
+keepalived/haproxy settings next to stock ones, measured side by side in one run.
+
+Target (issue: benchmarks): VIP moved in under 0.5 s, API answering through the VIP in
+under 1.5 s after the kill.
+
+    sudo .venv/bin/python bench/failover.py [--runs 3]
+
+Faults, each on a fresh lab (KUBEHA_LAB_ID=8, kubeadm, 3 masters each running haproxy and
+keepalived, the VIP on one of them):
+- holder-killed: every process of the VIP holder SIGKILLed and its link cut (a host that
+  dies: no priority-0 advert, no FIN);
+- holder-link-cut: the VIP holder's port taken off the lab bridge; the host runs on, its
+  carrier up (a switch port or cable failing);
+- apiserver-killed: the apiserver of a master that does not hold the VIP SIGKILLed.
+Settings:
+- kubeha: what `kubeha lb apply` renders (VRRPv3 advert_int 0.2 s; haproxy checks of
+  /readyz every 400 ms, fall 3, rise 2; retries 1 with redispatch);
+- stock: keepalived advert_int 1 (its default and kubeadm's HA guide's) and haproxy's
+  default check timings (inter 2 s, fall 3, rise 2), everything else the same.
+Measured from this machine: GET /readyz through the VIP every 20 ms on a new connection
+(300 ms timeout); the VIP's holder read every 20 ms from each LB host's namespace.
+Writes bench/results/failover.json; BENCHMARKS.md summarises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import ssl
+import statistics
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from kubeha.lab import Lab, LabSpec
+from kubeha.lab import namespaces as ns
+
+RESULTS = Path(__file__).parent / "results" / "failover.json"
+LAB_ID = "8"
+WATCH_SECONDS = 12.0
+INTERVAL = 0.02
+STOCK_KEEPALIVED = ("advert_int 0.2", "advert_int 1")
+
+
+def stock_settings(lab: Lab, cluster) -> None:
+    """keepalived at advert_int 1 and haproxy with its default check timings, on every LB host."""
+    for host in cluster.lb_hosts:
+        lab.on(host.name, ["sh", "-c", f"sed -i 's/{STOCK_KEEPALIVED[0]}/{STOCK_KEEPALIVED[1]}/' "
+                                       "/etc/keepalived/keepalived.conf && "
+                                       "sed -i -E 's/ inter [0-9a-z]+ fastinter [0-9a-z]+ downinter [0-9a-z]+ "
+                                       "fall [0-9]+ rise [0-9]+//' /etc/haproxy/haproxy.cfg && "
+                                       "systemctl reload haproxy"])
+    # one at a time, the holder last: the VIP stays where it is
+    holder = lab.vip_holders(cluster)[0]
+    for host in sorted(cluster.lb_hosts, key=lambda h: h.name == holder):
+        lab.on(host.name, ["systemctl", "restart", "keepalived"])
+        time.sleep(4)
+    wait(lambda: len(lab.vip_holders(cluster)) == 1, 20)
+
+
+def wait(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.1)
+
+
+class Watch:
+    """Requests through the VIP and the VIP's holder, each on its own thread, timestamped."""
+
+    def __init__(self, lab: Lab, cluster) -> None:
+        self.lab, self.cluster = lab, cluster
+        tls = ssl.create_default_context(cafile=str(lab.paths.ca_cert))
+        tls.load_cert_chain(str(lab.paths.admin_cert), str(lab.paths.admin_key))
+        self.client = httpx.Client(base_url=cluster.endpoint, verify=tls, timeout=0.3,
+                                   limits=httpx.Limits(max_keepalive_connections=0))
+        self.requests: list[tuple[float, bool]] = []
+        self.holders: list[tuple[float, tuple[str, ...]]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._requests), threading.Thread(target=self._holders)]
+
+    def _requests(self) -> None:
+        while not self.stop.is_set():
+            started = time.time()
+            try:
+                ok = self.client.get("/readyz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            self.requests.append((started, ok))
+            self.stop.wait(max(0.0, INTERVAL - (time.time() - started)))
+
+    def _holders(self) -> None:
+        while not self.stop.is_set():
+            self.holders.append((time.time(), tuple(self.lab.vip_holders(self.cluster))))
+            self.stop.wait(INTERVAL)
+
+    def __enter__(self) -> Watch:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        self.client.close()
+
+
+def root_veth(lab: Lab, host: str) -> str:
+    """The bridge-side end of ``host``'s eth0."""
+    peer = ns.run(["ip", "-n", lab.names.netns(host), "-o", "link", "show", "eth0"]).stdout.split(":")[1]
+    index = peer.split("@if")[1]
+    for line in ns.run(["ip", "-o", "link", "show"]).stdout.splitlines():
+        if line.split(":")[0] == index:
+            return line.split(":")[1].strip().split("@")[0]
+    raise RuntimeError(f"no bridge port for {host}")
+
+
+def inject(lab: Lab, cluster, fault: str) -> tuple[float, str]:
+    holder = lab.vip_holders(cluster)[0]
+    if fault == "apiserver-killed":
+        victim = next(h.name for h in cluster.masters if h.name != holder)
+        pids = {p for p in ns.pids_in_netns(lab.names.netns(victim)) if _comm(p) == "kube-apiserver"}
+        at = time.time()
+        ns.kill_all(pids)
+        return at, victim
+    veth = root_veth(lab, holder)
+    at = time.time()
+    if fault == "holder-killed":
+        ns.run(["ip", "link", "set", veth, "down"])
+        ns.kill_all(ns.pids_in_netns(lab.names.netns(holder)))
+    else:
+        ns.run(["ip", "link", "set", veth, "nomaster"])
+    return at, holder
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def measure(settings: str, fault: str) -> dict:
+    os.environ["KUBEHA_LAB_ID"] = LAB_ID
+    lab = Lab()
+    try:
+        cluster = lab.up(LabSpec(masters=3, spares=0, workers=1)).cluster
+        if settings == "stock":
+            stock_settings(lab, cluster)
+        time.sleep(3)  # haproxy's checks settled
+        with Watch(lab, cluster) as watch:
+            time.sleep(1)
+            at, victim = inject(lab, cluster, fault)
+            time.sleep(WATCH_SECONDS)
+        after = [(t, ok) for t, ok in watch.requests if t >= at]
+        failed = [t for t, ok in after if not ok]
+        answering = (next((t for t, ok in after if ok and t > failed[-1]), None) if failed else
+                     next((t for t, ok in after if ok), None))
+        moved = next((t for t, h in watch.holders if t >= at and h and victim not in h), None)
+        return {
+            "settings": settings, "fault": fault, "victim": victim,
+            "vip_moved_s": round(moved - at, 3) if moved and fault != "apiserver-killed" else None,
+            "api_answering_s": round(answering - at, 3) if answering else None,
+            "failed_requests": len(failed), "requests": len(after),
+        }
+    finally:
+        lab.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    cases = [(s, f) for f in ("holder-killed", "holder-link-cut", "apiserver-killed") for s in ("kubeha", "stock")]
+    runs = []
+    for _ in range(args.runs):
+        for settings, fault in cases:  # side by side: each run measures every case
+            result = measure(settings, fault)
+            print(json.dumps(result))
+            runs.append(result)
+    medians = {}
+    for settings, fault in cases:
+        mine = [r for r in runs if (r["settings"], r["fault"]) == (settings, fault)]
+        medians[f"{fault} {settings}"] = {
+            key: (statistics.median(v) if (v := [r[key] for r in mine if r[key] is not None]) else None)
+            for key in ("vip_moved_s", "api_answering_s", "failed_requests")}
+    result = {"date": datetime.now(timezone.utc).date().isoformat(),
+              "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
+              "command": f"bench/failover.py --runs {args.runs}", "runs": runs, "medians": medians}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(medians, indent=2))
+
+
+if __name__ == "__main__":
+    main()

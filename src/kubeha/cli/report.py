@@ -1,0 +1,72 @@
+"""`kubeha report OPERATION_ID`: one self-contained HTML file on what an operation did."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kubeha.access import ClusterAccess
+from kubeha.checks import gather_snapshot, run_checks
+from kubeha.cli.operations import InventoryOption, JournalOption, journal_path_of
+from kubeha.errors import InputError, KubehaError
+from kubeha.inventory import load_inventory
+from kubeha.plan import Journal
+from kubeha.report import operation_report, render_report_html
+
+out = Console(highlight=False)
+
+
+def write_report(operation_id: str, journal_path: Path, inventory_path: Path | None, out_file: Path | None) -> Path:
+    """Check the cluster (unless ``inventory_path`` is None), render the report, write it 0600;
+    its path."""
+    checks, check_error = None, None
+    if inventory_path is None:
+        check_error = "--no-check"
+    else:
+        try:
+            with ClusterAccess(load_inventory(inventory_path)) as access:
+                checks = run_checks(gather_snapshot(access))
+        except KubehaError as e:  # the report still says what the operation did
+            check_error = str(e)
+    with Journal(journal_path) as journal:
+        html = render_report_html(operation_report(journal, operation_id, checks=checks, check_error=check_error))
+    target = out_file or journal_path.parent / "reports" / f"{operation_id}.html"
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(html)
+    except OSError as e:
+        raise InputError(f"cannot write the report to {target}: {e.strerror}") from None
+    return target
+
+
+def report(
+    operation_id: Annotated[str, typer.Argument(help="The operation's id (`kubeha journal` lists them).")],
+    inventory: InventoryOption = Path("cluster.yaml"),
+    journal: JournalOption = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report here; default "
+                                                  "<journal dir>/reports/<operation id>.html.")] = None,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Do not check the cluster for the report "
+                                           "(no host is asked).")] = False,
+) -> None:
+    """Write an operation's report: one HTML file that opens anywhere, offline.
+
+    The plan and its arguments; each step with its hosts, attempts, time taken and outcome;
+    each run (apply, resume, rollback) with the availability probe: requests, failures and
+    the longest gap per path, etcd write continuity, and a timeline plot of latency and
+    failures with the step boundaries marked; `kubeha check` as the cluster is now; what
+    every step backed up, on which host, where.
+
+    Examples:
+
+      kubeha report migrate-masters-20261203-103713-0cb9 -i cluster.yaml
+
+      kubeha report migrate-masters-20261203-103713-0cb9 --no-check -o /tmp/report.html
+    """
+    written = write_report(operation_id, journal_path_of(journal), None if no_check else inventory, out_file)
+    out.print(f"report: {written}", soft_wrap=True)

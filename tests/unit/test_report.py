@@ -1,0 +1,46 @@
+"""The HTML report from a real journal file and timeline (no host): what it shows, and that
+what hosts said cannot break out of it."""
+
+from __future__ import annotations
+
+import re
+
+from kubeha.checks import CheckResult, Status
+from kubeha.plan import Journal
+from kubeha.report import StepMark, operation_report, probe_plot_svg, render_report_html
+from kubeha.report.plot import WIDTH
+
+from helpers.reports import PLAN, journal_with_a_run, timeline
+
+
+def test_the_report_shows_steps_runs_probe_plot_check_and_backups(tmp_path):
+    checks = [CheckResult("etcd-quorum", Status.PASS, "etcd", "3 of 3 voters healthy"),
+              CheckResult("vip-holder", Status.WARN, "10.0.0.10", "held by spare1")]
+    with journal_with_a_run(tmp_path) as journal:
+        html = render_report_html(operation_report(journal, PLAN.operation_id, checks=checks))
+    assert "<script>" not in html and "&lt;script&gt;" in html  # what a host said is text
+    assert html.count("<svg") == 1 and "<polyline" in html
+    for said in ("copy-master-files-spare1", "rolled-back", "not run", "master1=spare1", "https://10.0.0.10:6443",
+                 "spare1:/var/backups/kubeha/x.copy-master-files-spare1", "3 of 3 voters healthy", "held by spare1",
+                 "ConnectTimeout: timed out"):
+        assert said in html, said
+    row = re.search(r"<tr><td class=\"num\">2</td>.*?</tr>", html, re.S).group(0)
+    assert '<td>spare1</td><td class="num">1</td><td class="num">2</td>' in row  # one attempt, two retries
+    assert "src=" not in html and "href=" not in html  # self-contained
+
+
+def test_a_report_without_a_check_or_a_run_says_so(tmp_path):
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.record_plan(PLAN)
+        html = render_report_html(operation_report(journal, PLAN.operation_id, check_error="--no-check"))
+    assert "Not run yet" in html and "No check: --no-check" in html and "<svg" not in html
+
+
+def test_the_plot_keeps_one_point_per_pixel_column_and_every_failure():
+    records = timeline(1000.0, 600)  # 24 000 records
+    svg = probe_plot_svg(records, [StepMark(1100.0, "a-step", "done"), StepMark(1200.0, "b-step", "failed")],
+                         1000.0, 1600.0)
+    points = [m.group(1).split() for m in re.finditer(r'points="([^"]*)"', svg)]
+    assert len(points) == 2 and all(len(p) <= WIDTH for p in points)
+    assert svg.count("ConnectTimeout") == 1 and "a-step (done)" in svg and "b-step (failed)" in svg
+    assert len(svg) < 60_000
