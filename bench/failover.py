@@ -165,7 +165,7 @@ def measure(settings: str, fault: str) -> dict:
         failed = [t for t, ok in after if not ok]
         answering = (next((t for t, ok in after if ok and t > failed[-1]), None) if failed else
                      next((t for t, ok in after if ok), None))
-        moved = next((t for t, h in watch.holders if t >= at and h and victim not in h), None)
+        moved = next((t for t, h in watch.holders if t >= at and set(h) - {victim}), None)
         return {
             "settings": settings, "fault": fault, "victim": victim,
             "vip_moved_s": round(moved - at, 3) if moved and fault != "apiserver-killed" else None,

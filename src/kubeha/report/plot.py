@@ -82,7 +82,8 @@ def probe_plot_svg(records: Sequence[ProbeRecord], marks: Sequence[StepMark], st
     for i in range(6):
         seconds = span * i / 5
         x = _x(started + seconds, started, span)
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 10}" text-anchor="middle" class="axis">{seconds:.0f} s</text>')
+        anchor = "end" if i == 5 else "middle"  # the last label inside the picture
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 10}" text-anchor="{anchor}" class="axis">{seconds:.0f} s</text>')
     for mark in marks:
         x = _x(mark.ts, started, span)
         stroke = "#d62728" if mark.outcome not in (None, "done", "skipped-already-done") else "#999"
