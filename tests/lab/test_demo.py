@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -33,3 +34,10 @@ def test_the_demo_runs_end_to_end_without_a_failed_request(tmp_path):
     reports = sorted((tmp_path / "reports").glob("*.html"))
     assert len(reports) == 2 and all("<svg" in r.read_text() for r in reports), reports
     assert "lab removed" in demo.stdout
+    # no key or token in what it printed or left: journal, plans, probe timelines, reports
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    for text in [demo.stdout, demo.stderr, *(p.read_bytes().decode(errors="replace") for p in left)]:
+        assert "PRIVATE KEY" not in text and "client-key-data" not in text and "token:" not in text
+    private = [*reports, *(tmp_path / "probes").rglob("*.jsonl")]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in private) and stat.S_IMODE(
+        (tmp_path / "journal.sqlite").stat().st_mode) == 0o600

@@ -3,6 +3,7 @@ no lost write; stopping one LB host's haproxy shows on its path only."""
 
 from __future__ import annotations
 
+import stat
 import time
 
 import pytest
@@ -41,6 +42,7 @@ def test_a_healthy_lab_answers_every_request_on_every_path(lab, keep_alive, tmp_
     # not this test's business
     assert all(p.requests >= 2 * PROBE_SECONDS for p in summary.paths), summary.paths
     assert sum(1 for _ in (tmp_path / "probe.jsonl").open()) == len(probe.records)
+    assert stat.S_IMODE((tmp_path / "probe.jsonl").stat().st_mode) == 0o600  # its owner's only
 
 
 def test_a_stopped_haproxy_shows_on_its_lb_path_only(lab):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from kubeha.checks import CheckResult, Status
-from kubeha.plan import Journal
+from kubeha.plan import Journal, RunAction, StepOutcome
 from kubeha.report import StepMark, operation_report, probe_plot_svg, render_report_html
 from kubeha.report.plot import WIDTH
 
@@ -44,3 +44,13 @@ def test_the_plot_keeps_one_point_per_pixel_column_and_every_failure():
     assert len(points) == 2 and all(len(p) <= WIDTH for p in points)
     assert svg.count("ConnectTimeout") == 1 and "a-step (done)" in svg and "b-step (failed)" in svg
     assert len(svg) < 60_000
+
+
+def test_no_key_or_token_reaches_the_report(tmp_path):
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB3x\n-----END EC PRIVATE KEY-----"
+    with journal_with_a_run(tmp_path) as journal:
+        run_id = journal.start_run(PLAN.operation_id, RunAction.RESUME)
+        record = journal.start_step(run_id, PLAN.operation_id, "remove-member-master1")
+        journal.finish_step(record, StepOutcome.FAILED, message=f"bad key {pem} and Authorization: Bearer abc.def.ghi")
+        html = render_report_html(operation_report(journal, PLAN.operation_id))
+    assert "MHcCAQEEIB3x" not in html and "abc.def.ghi" not in html

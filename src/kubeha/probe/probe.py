@@ -11,6 +11,7 @@ hides a change until that connection drops; it measures what long-lived clients 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -209,7 +210,8 @@ class Probe:
         self.paths = self._build_paths()
         if self.timeline is not None:
             self.timeline.parent.mkdir(parents=True, exist_ok=True)
-            self._timeline_file = self.timeline.open("w")
+            # 0600: the timeline names the cluster's endpoints and errors, for its owner only
+            self._timeline_file = os.fdopen(os.open(self.timeline, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
         self._started = time.time()
         self._threads = [threading.Thread(target=self._run_path, args=(p,), name=f"probe {p.name}", daemon=True)
                          for p in self.paths]
