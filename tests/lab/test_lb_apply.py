@@ -3,6 +3,7 @@ reloads them without a failed request, and a config its binary rejects changes n
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -107,6 +108,10 @@ def test_apply_brings_up_the_vip_and_the_proxies_and_a_second_apply_changes_noth
 
     again, _ = lb_lab.apply(lb_lab.full)
     assert "no change" in again and "wrote" not in again
+    shown = subprocess.run([*KUBEHA, "lb", "apply", "-i", str(lb_lab.full), "--dry-run", "--json"],
+                           capture_output=True, text=True, timeout=180)
+    steps = json.loads(shown.stdout)
+    assert steps and not any(s["changes"] for s in steps) and {s["host"] for s in steps} >= {"master1", "worker1"}
 
 
 def test_changed_backends_reload_haproxy_and_nginx_without_a_failed_request(lb_lab):

@@ -77,7 +77,7 @@ def test_haproxy_cfg_passes_haproxy_check(cluster: Cluster, tmp_path: Path) -> N
 
 def test_haproxy_cfg_proxies_the_vip_port_to_every_master(cluster: Cluster) -> None:
     cfg = render_haproxy_cfg(cluster)
-    assert f"bind *:{cluster.vip.port}\n" in cfg
+    assert f"bind *:{cluster.vip.port} transparent\n" in cfg
     servers = [line.split()[1:] for line in cfg.splitlines() if line.strip().startswith("server ")]
     assert servers == [[m.name, f"{m.address}:6443"] for m in cluster.masters]
     assert f"stats socket {HAPROXY_ADMIN_SOCKET} mode 600 level admin" in cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 
 from kubeha.access import ClusterAccess
+from kubeha.errors import InputError
 from kubeha.inventory import load_inventory
 from kubeha.lb import LbPlan, apply_lb_plan, lb_configs, plan_lb_apply, read_lb_state
 
@@ -32,6 +34,8 @@ def apply(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change on each host; "
                                           "change nothing.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="With --dry-run: print the steps as JSON, "
+                                              "a list of {host, step, changes}.")] = False,
 ) -> None:
     """Install or update the VIP and load balancers: haproxy and keepalived on the LB hosts
     (the `lb` hosts, else the masters) and the node-local nginx on the nodes.
@@ -46,7 +50,11 @@ def apply(
       kubeha lb apply -i cluster.yaml --dry-run
 
       kubeha lb apply -i cluster.yaml --yes
+
+      kubeha lb apply -i cluster.yaml --dry-run --json | jq '.[] | select(.changes)'
     """
+    if json_output and not dry_run:
+        raise InputError("--json shows what would change: give --dry-run with it")
     loaded = load_inventory(inventory)
     cluster = loaded.cluster
     lb_configs(cluster)  # refuse a cluster without a VIP before connecting
@@ -54,6 +62,10 @@ def apply(
     with ClusterAccess(loaded) as access:
         state = read_lb_state(access, cluster)
         plan = plan_lb_apply(cluster, state.files, state.running)
+        if json_output:
+            print(json.dumps([{"host": host, "step": step.describe(), "changes": step.does_something}
+                              for host, steps in plan.by_host().items() for step in steps], indent=2))
+            return
         _print_plan(plan)
         if not plan.pending:
             out.print("no change: every config is current and every service runs")

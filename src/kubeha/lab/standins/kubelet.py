@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from kubeha.lab.standins.systemctl import lab_nice
 from kubeha.lab.standins.common import (
     FlagValue,
     kube_time,
@@ -457,9 +458,11 @@ class StaticPods:
                 self._to_reap.append(subprocess.Popen(
                     LOG_SHIM, stdin=read_end, stdout=log_output, stderr=subprocess.DEVNULL,
                     env={"TZ": "UTC", "PATH": CONTAINER_PATH}, start_new_session=True))
+            nice = lab_nice(container.name)
             process = subprocess.Popen(argv, executable=executable, stdin=subprocess.DEVNULL, stdout=write_end,
                                        stderr=write_end, env=env, cwd=spec.get("workingDir") or "/",
-                                       start_new_session=True)
+                                       start_new_session=True,
+                                       preexec_fn=(lambda: os.nice(nice)) if nice else None)  # one syscall
         finally:
             os.close(read_end)
             os.close(write_end)
