@@ -343,8 +343,10 @@ def test_report_writes_one_private_html_file_from_the_journal(cluster, inventory
     html = written.read_text()
     assert all(step.id in html for step in plan.steps) and "No check: --no-check" in html
     chosen = tmp_path / "r.html"
+    chosen.write_text("old")
+    chosen.chmod(0o644)  # an earlier file's mode does not survive
     assert invoke("report", plan.operation_id, "--no-check", "--journal", journal, "-o", chosen).exit_code == 0
-    assert chosen.read_text().startswith("<!DOCTYPE html>")
+    assert chosen.read_text().startswith("<!DOCTYPE html>") and stat.S_IMODE(chosen.stat().st_mode) == 0o600
     unknown = invoke("report", "nope-1", "--no-check", "--journal", journal)
     assert unknown.exit_code == 1 and isinstance(unknown.exception, InputError)
 

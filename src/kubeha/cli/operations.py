@@ -107,6 +107,15 @@ def _private_dir(directory: Path) -> None:
     os.chmod(directory, 0o700)
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` to ``path``, 0600 also when the file was there; a missing parent made 0700."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
 def save_plan(plan: Plan, out_file: Path | None, journal_path: Path) -> Path:
     """Write the plan JSON (0600): to ``out_file``, or ``<journal dir>/plans/<id>.json`` (dir 0700)."""
     try:
@@ -115,11 +124,7 @@ def save_plan(plan: Plan, out_file: Path | None, journal_path: Path) -> Path:
             path = plans_dir(journal_path) / f"{plan.operation_id}.json"
         else:
             path = out_file
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(plan_json(plan))
+        write_private(path, plan_json(plan))
     except OSError as e:
         raise InputError(f"cannot save the plan to {out_file or plans_dir(journal_path)}: {e}") from None
     return path

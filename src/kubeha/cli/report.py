@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ from rich.console import Console
 
 from kubeha.access import ClusterAccess
 from kubeha.checks import gather_snapshot, run_checks
-from kubeha.cli.operations import InventoryOption, JournalOption, journal_path_of
+from kubeha.cli.operations import InventoryOption, JournalOption, journal_path_of, write_private
 from kubeha.errors import InputError, KubehaError
 from kubeha.inventory import load_inventory
 from kubeha.plan import Journal
@@ -36,10 +35,7 @@ def write_report(operation_id: str, journal_path: Path, inventory_path: Path | N
         html = render_report_html(operation_report(journal, operation_id, checks=checks, check_error=check_error))
     target = out_file or journal_path.parent / "reports" / f"{operation_id}.html"
     try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(html)
+        write_private(target, html)
     except OSError as e:
         raise InputError(f"cannot write the report to {target}: {e.strerror}") from None
     return target

@@ -210,8 +210,9 @@ class Probe:
         self.paths = self._build_paths()
         if self.timeline is not None:
             self.timeline.parent.mkdir(parents=True, exist_ok=True)
-            # 0600: the timeline names the cluster's endpoints and errors, for its owner only
+            # 0600, also over an earlier file: the timeline names the cluster's endpoints and errors
             self._timeline_file = os.fdopen(os.open(self.timeline, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+            os.fchmod(self._timeline_file.fileno(), 0o600)
         self._started = time.time()
         self._threads = [threading.Thread(target=self._run_path, args=(p,), name=f"probe {p.name}", daemon=True)
                          for p in self.paths]
