@@ -21,10 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 from kubeha.plan import Journal
+from kubeha.report import probe_totals
 
 RESULTS = Path(__file__).parent / "results" / "end_to_end.json"
 BENCH_LAB_ID = "7"
@@ -47,21 +49,13 @@ def operation_times(journal_path: Path) -> list[dict]:
                     seconds = (s.finished - s.started).total_seconds()
                     by_kind[kind_of[s.step_id]] = by_kind.get(kind_of[s.step_id], 0.0) + seconds
                     took.append((seconds, s.step_id))
-            probes = [p.summary for p in journal.probes(operation_id)]
-            paths = [path for p in probes for path in p["paths"]]
             found.append({
                 "operation": plan.operation, "operation_id": operation_id, "steps": len(plan.steps),
                 "outcome": runs[-1].outcome.value if runs[-1].outcome else None,
                 "wall_seconds": round((runs[-1].finished - runs[0].started).total_seconds(), 1),
                 "seconds_by_step_kind": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
                 "slowest_steps": [{"step": step, "seconds": round(sec, 1)} for sec, step in sorted(took)[-5:][::-1]],
-                "probe": {
-                    "requests": sum(p["requests"] for p in paths),
-                    "failed": sum(p["failures"] for p in paths),
-                    "failed_after_retry": sum(p["failures_after_retry"] for p in paths),
-                    "vip_longest_gap_ms": max((p["longest_gap_ms"] for p in paths if p["path"] == "vip"), default=None),
-                    "etcd_writes_lost": sum(len(p["etcd"]["lost"] or ()) for p in probes if p.get("etcd")),
-                },
+                "probe": asdict(probe_totals(p.summary for p in journal.probes(operation_id))),
             })
     return found
 

@@ -7,7 +7,7 @@ import re
 
 from kubeha.checks import CheckResult, Status
 from kubeha.plan import Journal, RunAction, StepOutcome
-from kubeha.report import StepMark, operation_report, probe_plot_svg, render_report_html
+from kubeha.report import ProbeTotals, StepMark, operation_report, probe_plot_svg, probe_totals, render_report_html
 from kubeha.report.plot import WIDTH
 
 from helpers.reports import PLAN, journal_with_a_run, timeline
@@ -54,3 +54,14 @@ def test_no_key_or_token_reaches_the_report(tmp_path):
         journal.finish_step(record, StepOutcome.FAILED, message=f"bad key {pem} and Authorization: Bearer abc.def.ghi")
         html = render_report_html(operation_report(journal, PLAN.operation_id))
     assert "MHcCAQEEIB3x" not in html and "abc.def.ghi" not in html
+
+
+def test_probe_totals_add_up_every_run_and_say_when_writes_could_not_be_read_back():
+    run = {"paths": [{"path": "vip", "requests": 10, "failures": 2, "failures_after_retry": 1, "longest_gap_ms": 900.0},
+                     {"path": "lb/a", "requests": 5, "failures": 0, "failures_after_retry": 0, "longest_gap_ms": 50.0}],
+           "etcd": {"writes": 3, "acknowledged": 3, "lost": [7]}}
+    unread = {"paths": [{"path": "vip", "requests": 1, "failures": 0, "failures_after_retry": 0,
+                         "longest_gap_ms": 1200.0}], "etcd": {"writes": 1, "acknowledged": 1, "lost": None}}
+    assert probe_totals([run, run]) == ProbeTotals(30, 4, 2, 900.0, 2)
+    assert probe_totals([run, unread]) == ProbeTotals(16, 2, 1, 1200.0, None)
+    assert probe_totals([]) == ProbeTotals(0, 0, 0, None, 0)

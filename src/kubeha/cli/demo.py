@@ -25,6 +25,7 @@ from kubeha.lab import Lab, LabSpec
 from kubeha.model import Layout
 from kubeha.operations import operation
 from kubeha.plan import Journal, RunAction, plan_text
+from kubeha.report import probe_totals
 
 out = Console(highlight=False)
 VIP_STEP = 50  # the new VIP: the lab's VIP + 50, inside the lab's own subnet
@@ -43,22 +44,12 @@ def _operation(name: str, arguments: dict[str, str], inventory_path: Path, journ
     return plan.operation_id
 
 
-def _probe_totals(journal: Journal, operation_id: str) -> str:
-    requests = failed = after_retry = 0
-    gap = 0.0
-    lost: int | None = 0
-    for stored in journal.probes(operation_id):
-        for path in stored.summary["paths"]:
-            requests += path["requests"]
-            failed += path["failures"]
-            after_retry += path["failures_after_retry"]
-            if path["path"] == "vip":
-                gap = max(gap, path["longest_gap_ms"])
-        etcd = stored.summary.get("etcd")
-        if etcd and lost is not None:
-            lost = None if etcd["lost"] is None else lost + len(etcd["lost"])
-    return (f"{requests} probe requests, {failed} failed ({after_retry} after a retry), "
-            f"longest gap through the VIP {gap:.0f} ms, etcd writes lost: {'unknown' if lost is None else lost}")
+def _probe_line(journal: Journal, operation_id: str) -> str:
+    t = probe_totals(p.summary for p in journal.probes(operation_id))
+    gap = "none" if t.vip_longest_gap_ms is None else f"{t.vip_longest_gap_ms:.0f} ms"
+    lost = "unknown" if t.etcd_writes_lost is None else t.etcd_writes_lost
+    return (f"{t.requests} probe requests, {t.failed} failed ({t.failed_after_retry} after a retry), "
+            f"longest gap through the VIP {gap}, etcd writes lost: {lost}")
 
 
 def demo(
@@ -107,7 +98,7 @@ def demo(
             new_vip = str(IPv4Address(int(cluster.vip.address) + VIP_STEP))
             _title(f"change-endpoint: the API moves from VIP {cluster.vip.address} to {new_vip}")
             done.append(("change-endpoint", _operation("change-endpoint", {"vip": new_vip}, inventory_path, journal)))
-            lines = [f"{name}: {_probe_totals(journal, operation_id)}" for name, operation_id in done]
+            lines = [f"{name}: {_probe_line(journal, operation_id)}" for name, operation_id in done]
         _title(f"summary ({(time.monotonic() - started) / 60:.1f} min)")
         for line, (_, operation_id) in zip(lines, done):
             out.print(line)

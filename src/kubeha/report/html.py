@@ -8,9 +8,10 @@ what was backed up where. No script, no external file: it opens anywhere, also o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import jinja2
 
@@ -63,6 +64,35 @@ class StepRow:
     message: str
 
 
+@dataclass(frozen=True)
+class ProbeTotals:
+    """An operation's probe over all its runs."""
+
+    requests: int
+    failed: int
+    failed_after_retry: int
+    vip_longest_gap_ms: float | None  # None: no VIP path
+    etcd_writes_lost: int | None  # None: some run could not read its writes back
+
+
+def probe_totals(summaries: Iterable[Mapping[str, Any]]) -> ProbeTotals:
+    """The totals of stored probe summaries (``journal.probes``)."""
+    requests = failed = after_retry = 0
+    gap: float | None = None
+    lost: int | None = 0
+    for summary in summaries:
+        for path in summary["paths"]:
+            requests += path["requests"]
+            failed += path["failures"]
+            after_retry += path["failures_after_retry"]
+            if path["path"] == "vip":
+                gap = max(gap or 0.0, path["longest_gap_ms"])
+        etcd = summary.get("etcd")
+        if etcd and lost is not None:
+            lost = None if etcd["lost"] is None else lost + len(etcd["lost"])
+    return ProbeTotals(requests, failed, after_retry, gap, lost)
+
+
 def _seconds(started: datetime, finished: datetime | None) -> float | None:
     return None if finished is None else (finished - started).total_seconds()
 
@@ -112,4 +142,4 @@ def render_report_html(report: OperationReport) -> str:
         backups=backups(report.steps))
 
 
-__all__ = ["OperationReport", "RunProbe", "StepRow", "backups", "render_report_html", "step_rows"]
+__all__ = ["OperationReport", "ProbeTotals", "RunProbe", "StepRow", "backups", "probe_totals", "render_report_html", "step_rows"]
