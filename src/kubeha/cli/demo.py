@@ -18,7 +18,7 @@ from kubeha.access import ClusterAccess
 from kubeha.checks import gather_snapshot, run_checks, summary
 from kubeha.cli.check import print_check_table
 from kubeha.cli.operations import make_plan, run_operation
-from kubeha.cli.report import write_report
+from kubeha.cli.report import check_for_report, write_report
 from kubeha.errors import InputError
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
@@ -81,9 +81,10 @@ def demo(
     lab.up(LabSpec(masters=3, spares=3, workers=3, layout=layout))
     inventory_path = lab.paths.inventory
     try:
-        cluster = load_inventory(inventory_path).cluster
+        inventory = load_inventory(inventory_path)
+        cluster = inventory.cluster
         _title("kubeha check: the whole HA control plane, over SSH only")
-        with ClusterAccess(load_inventory(inventory_path)) as access:
+        with ClusterAccess(inventory) as access:
             results = run_checks(gather_snapshot(access))
         print_check_table(results)
         out.print(f"{cluster.name}: {summary(results)}")
@@ -99,10 +100,11 @@ def demo(
             _title(f"change-endpoint: the API moves from VIP {cluster.vip.address} to {new_vip}")
             done.append(("change-endpoint", _operation("change-endpoint", {"vip": new_vip}, inventory_path, journal)))
             lines = [f"{name}: {_probe_line(journal, operation_id)}" for name, operation_id in done]
+        checked = check_for_report(inventory_path)  # the cluster as both operations left it
         _title(f"summary ({(time.monotonic() - started) / 60:.1f} min)")
         for line, (_, operation_id) in zip(lines, done):
             out.print(line)
-            out.print(f"  report: {write_report(operation_id, state_dir / 'journal.sqlite', inventory_path, None)}")
+            out.print(f"  report: {write_report(operation_id, state_dir / 'journal.sqlite', checked, None)}")
     finally:
         if keep:
             out.print(f"the lab stays: kubeha lab status; kubectl --kubeconfig {lab.paths.admin_kubeconfig} "

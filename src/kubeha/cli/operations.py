@@ -270,6 +270,10 @@ class RunDisplay:
         self.started = time.monotonic()
         self.current: Progress | None = None
         self.finished: set[str] = set()  # steps that ended done (or were found done)
+        self.steps_of: dict[str, list[str]] = {}  # host -> the ids of its steps, in plan order
+        for planned in plan.steps:
+            for host in planned.hosts:
+                self.steps_of.setdefault(host, []).append(planned.id)
         self.counters = ProbeCounters(time.time())
         self.live = (Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
                      if out.is_terminal else None)
@@ -318,12 +322,8 @@ class RunDisplay:
     def hosts_table(self) -> Table:
         """One bar per host: its steps ended done of its steps in the plan."""
         table = Table.grid(padding=(0, 1))
-        by_host: dict[str, list[str]] = {}
-        for step in self.plan.steps:
-            for host in step.hosts:
-                by_host.setdefault(host, []).append(step.id)
         working = set(self.current.step.hosts) if self.current and self.current.step else set()
-        for host, ids in by_host.items():
+        for host, ids in self.steps_of.items():
             done = sum(1 for i in ids if i in self.finished)
             table.add_row(Text(host, style="bold" if host in working else ""),
                           ProgressBar(total=len(ids), completed=done, width=30), f"{done}/{len(ids)}")

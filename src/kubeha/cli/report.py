@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from kubeha.access import ClusterAccess
-from kubeha.checks import gather_snapshot, run_checks
+from kubeha.checks import CheckResult, gather_snapshot, run_checks
 from kubeha.cli.operations import InventoryOption, JournalOption, journal_path_of, write_private
 from kubeha.errors import InputError, KubehaError
 from kubeha.inventory import load_inventory
@@ -19,18 +19,21 @@ from kubeha.report import operation_report, render_report_html
 out = Console(highlight=False)
 
 
-def write_report(operation_id: str, journal_path: Path, inventory_path: Path | None, out_file: Path | None) -> Path:
-    """Check the cluster (unless ``inventory_path`` is None), render the report, write it 0600;
-    its path."""
-    checks, check_error = None, None
+def check_for_report(inventory_path: Path | None) -> tuple[list[CheckResult] | None, str | None]:
+    """`kubeha check` of the cluster now, or why there is none (``inventory_path`` None: not asked)."""
     if inventory_path is None:
-        check_error = "--no-check"
-    else:
-        try:
-            with ClusterAccess(load_inventory(inventory_path)) as access:
-                checks = run_checks(gather_snapshot(access))
-        except KubehaError as e:  # the report still says what the operation did
-            check_error = str(e)
+        return None, "--no-check"
+    try:
+        with ClusterAccess(load_inventory(inventory_path)) as access:
+            return run_checks(gather_snapshot(access)), None
+    except KubehaError as e:  # the report still says what the operation did
+        return None, str(e)
+
+
+def write_report(operation_id: str, journal_path: Path, checked: tuple[list[CheckResult] | None, str | None],
+                 out_file: Path | None) -> Path:
+    """Render the report with ``checked`` (from ``check_for_report``), write it 0600; its path."""
+    checks, check_error = checked
     with Journal(journal_path) as journal:
         html = render_report_html(operation_report(journal, operation_id, checks=checks, check_error=check_error))
     target = out_file or journal_path.parent / "reports" / f"{operation_id}.html"
@@ -64,5 +67,6 @@ def report(
 
       kubeha report migrate-masters-20261203-103713-0cb9 --no-check -o /tmp/report.html
     """
-    written = write_report(operation_id, journal_path_of(journal), None if no_check else inventory, out_file)
+    written = write_report(operation_id, journal_path_of(journal), check_for_report(None if no_check else inventory),
+                           out_file)
     out.print(f"report: {written}", soft_wrap=True)
