@@ -6,7 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from kubeha.errors import InputError
-from kubeha.lab.topology import LabSpec as _LabSpec, host_services, lab_topology, node_client_endpoint
+from kubeha.lab.topology import (
+    LabSpec as _LabSpec, host_services, lab_topology, light_topology, node_client_endpoint,
+)
 from kubeha.model import Cluster, Host, Layout, Role
 
 
@@ -56,6 +58,17 @@ def test_lab_topology_services_and_endpoints(layout):
 def test_bad_lab_specs_are_refused_with_one_line(spec, message):
     with pytest.raises(InputError, match=message):
         lab_topology(spec)
+
+
+def test_light_hosts_fill_the_subnet_from_2_and_have_no_cluster():
+    topology = light_topology(253, IPv4Network("10.212.9.0/24"))
+    assert topology.cluster.hosts == () and len(topology.hosts) == 253
+    assert (topology.hosts[0].name, topology.hosts[0].address) == ("host1", IPv4Address("10.212.9.2"))
+    assert topology.hosts[-1].address == IPv4Address("10.212.9.254")
+    assert all(not h.roles for h in topology.hosts)
+    for count in (0, 254):
+        with pytest.raises(InputError, match="1 to 253"):
+            light_topology(count, IPv4Network("10.212.9.0/24"))
 
 
 def test_roles():

@@ -9,7 +9,9 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
@@ -24,10 +26,10 @@ from kubeha.lb import node_proxy_hosts
 from kubeha.lab import namespaces as ns
 from kubeha.lab.objects import cluster_objects
 from kubeha.lab.topology import (
-    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, static_pods,
+    LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, light_topology, static_pods,
 )
 from kubeha.model import Cluster, Host
-from kubeha.pki.cluster import ADMIN, ClusterAuthorities, client_cert
+from kubeha.pki.cluster import ADMIN, ClusterAuthorities, PkiFiles, client_cert
 from kubeha.render import render_kubeconfig
 
 READY_TIMEOUT = 120.0
@@ -38,8 +40,8 @@ STANDINS = {
     "kubelet": "kubelet",
 }
 LAB_USERS = {"ops": 1500, "nosudo": 1501}  # uids above the machine's usual range
-REQUIRED_BINARIES = ("ip", "unshare", "nsenter", "/usr/sbin/sshd", "ssh-keygen", "etcd", "etcdctl",
-                     "haproxy", "keepalived", "nginx", "findmnt", "sudo")
+LIGHT_BINARIES = ("ip", "unshare", "nsenter", "/usr/sbin/sshd", "ssh-keygen", "findmnt")
+REQUIRED_BINARIES = (*LIGHT_BINARIES, "etcd", "etcdctl", "haproxy", "keepalived", "nginx", "sudo")
 
 
 @dataclass(frozen=True)
@@ -125,47 +127,73 @@ class Lab:
         if spec.subnet is None:
             spec = replace(spec, subnet=self.names.default_subnet)
         topology = lab_topology(spec)
-        _require_root_and_binaries()
-        if self.exists():
-            self.log("removing a stale lab first")
-            self.down()
-        ns.check_subnet_free(topology.subnet)
         started = time.monotonic()
-        try:
+        with self._building(topology, REQUIRED_BINARIES):
             self._build(topology)
             self._start_services(topology.cluster)
             self._wait_ready(topology.cluster, started + READY_TIMEOUT)
             self._create_cluster_objects(topology.cluster)
+        self.log(f"lab ready in {time.monotonic() - started:.1f} s")
+        return topology
+
+    def up_light(self, hosts: int, *, prefix: str = "host") -> LabTopology:
+        """``hosts`` machines named ``<prefix>1..`` that run only sshd (like spares), and no
+        cluster: for what needs many SSH hosts and nothing else (bench/fanout.py). Each is a
+        lab host as any other (own netns, mount and UTS namespaces, private dirs, the lab's
+        systemctl stand-in); ``down`` removes them."""
+        topology = light_topology(hosts, self.names.default_subnet, prefix)
+        with self._building(topology, LIGHT_BINARIES):
+            self._begin(topology)
+            self._build_machines(topology, [{} for _ in topology.hosts])
+        self.log(f"{hosts} light hosts up")
+        return topology
+
+    @contextmanager
+    def _building(self, topology: LabTopology, binaries: tuple[str, ...]) -> Iterator[None]:
+        """A stale lab removed first; whatever the build made removed if it fails."""
+        _require_root_and_binaries(binaries)
+        if self.exists():
+            self.log("removing a stale lab first")
+            self.down()
+        ns.check_subnet_free(topology.subnet)
+        try:
+            yield
         except BaseException:
             self.log("lab up failed: removing what it built")
             self.down()
             raise
-        self.log(f"lab ready in {time.monotonic() - started:.1f} s")
-        return topology
 
     def _build(self, topology: LabTopology) -> None:
         cluster = topology.cluster
+        self._begin(topology)
+        auth = ClusterAuthorities.create(cluster.layout)
+        self._write_operator_files(topology, auth)
+        # Certificates are the slow part of a host: make them in parallel, then build hosts.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            files = list(pool.map(lambda h: host_files(cluster, h, auth),
+                                  topology.hosts))
+        self._build_machines(topology, files)
+
+    def _begin(self, topology: LabTopology) -> None:
+        """The state dir with the lab's state file, stand-ins and SSH keys."""
         root = self.paths.root
         root.mkdir(parents=True)
         os.chmod(root, 0o700)
         _write(self.paths.state_file, json.dumps({
-            "cluster": cluster.model_dump(mode="json"),
+            "cluster": topology.cluster.model_dump(mode="json"),
             "spares": [h.model_dump(mode="json") for h in topology.spares],
             "subnet": str(topology.subnet),
         }, indent=2), 0o600)
         self._write_standins()
         self._write_ssh_keys(topology)
-        auth = ClusterAuthorities.create(cluster.layout)
-        self._write_operator_files(topology, auth)
+
+    def _build_machines(self, topology: LabTopology, files: list[PkiFiles]) -> None:
+        """The bridge, then each host with ``files`` (in ``topology.hosts`` order), sshd running."""
         ns.create_mount_targets()
         ns.prepare_ns_dir(self.paths.ns_dir)
         network = ns.LabNetwork(topology.subnet)
         ns.create_bridge(self.names, network)
         hosts_text = etc_hosts(topology)
-        # Certificates are the slow part of a host: make them in parallel, then build hosts.
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            files = list(pool.map(lambda h: host_files(cluster, h, auth),
-                                  topology.hosts))
         for index, (host, host_file_set) in enumerate(zip(topology.hosts, files)):
             self.log(f"building host {host.name} ({host.address})")
             ns.create_host_network(self.names, host.name, index, host.address, network)
@@ -224,6 +252,8 @@ class Lab:
         self._write_accounts(name, public_key)
         _write(self.paths.on_host(name, "/etc/ssh/sshd_config"), SSHD_CONFIG)
         _write(self.paths.on_host(name, "/etc/hosts"), hosts_text)
+        for path in ns.ROOT_SHELL_FILES:
+            _write(self.paths.on_host(name, path), "# a lab host's root: not the machine's start-up file\n")
         for path, (content, mode) in files.items():
             _write(self.paths.on_host(name, path), content, mode)
 
@@ -351,13 +381,14 @@ class Lab:
             })
         nodes: dict[str, bool] = {}
         try:
-            with self.api(cluster) as api:
-                nodes = node_readiness(api)
+            if cluster.masters:  # a light lab (`up_light`) has no cluster
+                with self.api(cluster) as api:
+                    nodes = node_readiness(api)
         except httpx.HTTPError:
             pass
         return {
             "layout": cluster.layout.value, "state_dir": str(self.paths.root),
-            "endpoint": cluster.endpoint, "vip_holders": self.vip_holders(cluster),
+            "endpoint": cluster.endpoint if cluster.masters else None, "vip_holders": self.vip_holders(cluster),
             "hosts": hosts, "nodes": nodes, "memory_mib": round(self.memory_bytes() / 2**20),
             "processes": len(ns.lab_pids(self.names)), "admin_kubeconfig": str(self.paths.admin_kubeconfig),
         }
@@ -425,10 +456,10 @@ def ready_nodes(api: httpx.Client) -> set[str]:
     return {name for name, ready in node_readiness(api).items() if ready}
 
 
-def _require_root_and_binaries() -> None:
+def _require_root_and_binaries(binaries: tuple[str, ...]) -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, mounts): run it with sudo or as root")
-    missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
+    missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
         raise LabError(f"missing {', '.join(missing)}: run the README's setup command "
                        "(scripts/setup.sh) to install the Debian packages")

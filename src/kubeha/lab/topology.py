@@ -88,6 +88,17 @@ def lab_topology(spec: LabSpec) -> LabTopology:
                        subnet=spec.subnet)
 
 
+def light_topology(count: int, subnet: IPv4Network, prefix: str = "host") -> LabTopology:
+    """``count`` hosts that run only sshd, at the subnet's addresses from .2 on (the operator
+    holds .1), and no cluster: `Lab.up_light`."""
+    room = subnet.num_addresses - 3  # the network, the operator's and the broadcast address
+    if not 1 <= count <= room:
+        raise InputError(f"{count} light hosts do not fit in {subnet}: 1 to {room}")
+    base = subnet.network_address + 1
+    hosts = tuple(Host(name=f"{prefix}{i}", address=base + i) for i in range(1, count + 1))
+    return LabTopology(cluster=Cluster(name="kubeha-lab", hosts=()), spares=hosts, subnet=subnet)
+
+
 def _local_apiserver(cluster: Cluster, host: Host) -> str:
     return f"https://{host.address}:{cluster.apiserver_port}"
 
