@@ -20,3 +20,9 @@ class HostError(KubehaError):
 
 class LabError(KubehaError):
     """The lab could not be built, inspected or removed."""
+
+
+def as_typed(text: str) -> str:
+    """What the user typed, for a message: as it is when it is printable, else quoted with
+    escapes (a control character in it must not break the message's one line)."""
+    return text if text.isprintable() else repr(text)

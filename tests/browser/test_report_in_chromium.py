@@ -8,7 +8,6 @@ import subprocess
 
 from PIL import Image
 
-from kubeha.plan import Journal
 from kubeha.report import operation_report, render_report_html
 
 from helpers.reports import PLAN, journal_with_a_run

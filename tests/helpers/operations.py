@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +71,11 @@ def make_plan(inventory_path: Path, name: str, arguments: dict[str, str]) -> Pla
 
 
 def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: bool = True,
-             raises: bool = True, resume: bool = False) -> Run:
+             raises: bool = True, resume: bool = False, on_progress: Callable[[Progress], None] | None = None) -> Run:
     """Apply ``plan`` (``resume``: resume it from the journal) with the probe (VIP, LBs,
     node-local proxies, etcd writes); with ``raises=False`` a run that stops early is
-    returned with its error."""
+    returned with its error. ``on_progress`` sees every engine event too (a test injecting
+    a fault at a step)."""
     op = operation(plan.operation)
     inventory = load_inventory(inventory_path)
     run = Run(plan)
@@ -85,7 +87,9 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
 
         steps: list[tuple[float, str]] = []
 
-        def on_progress(progress: Progress) -> None:
+        def progressed(progress: Progress) -> None:
+            if on_progress is not None:
+                on_progress(progress)
             if progress.step is not None:
                 steps.append((time.time(), f"{progress.event} {progress.step.id}"))
             if progress.step is not None:  # a timeline on stdout (pytest -s) shows where time goes
@@ -98,7 +102,7 @@ def run_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, probe: boo
         if prober:
             prober.start()
         try:
-            hooks = dict(cluster=access, cluster_lock=cluster_lock_for(access), on_progress=on_progress)
+            hooks = dict(cluster=access, cluster_lock=cluster_lock_for(access), on_progress=progressed)
             if resume:
                 engine.resume(plan.operation_id, op.registry, op.view_factory(access, plan), journal, **hooks)
             else:
@@ -183,6 +187,12 @@ def workloads(inventory_path: Path) -> dict:
 
 def kubeha_check(inventory_path: Path) -> subprocess.CompletedProcess[str]:
     return _cli("check", "-i", str(inventory_path), timeout=120)
+
+
+def assert_audit_finds_no_divergence(operation_id: str, inventory_path: Path, journal: Path) -> None:
+    """`kubeha audit`: the cluster went, step by step, the way the plan simulator says."""
+    audited = _cli("audit", operation_id, "-i", str(inventory_path), "--journal", str(journal), timeout=120)
+    assert audited.returncode == 0 and "no divergence" in audited.stdout, audited.stdout + audited.stderr
 
 
 def assert_nodes_untouched_and_check_passes(before: dict, inventory_path: Path) -> None:

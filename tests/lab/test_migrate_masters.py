@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers.lab import require_lab_prerequisites
 from helpers.operations import (
-    assert_no_outage, assert_nodes_untouched_and_check_passes, make_plan, run_plan, workloads,
+    assert_audit_finds_no_divergence, assert_no_outage, assert_nodes_untouched_and_check_passes, make_plan, run_plan, workloads,
 )
 from helpers.wait import wait_for
 from test_masters import all_done, master_state
@@ -120,6 +120,7 @@ def migrate_stopped_once_and_resumed(lab, inventory_path, tmp_path, monkeypatch,
     print(f"migrate-masters: {time.monotonic() - started:.0f} s for {len(plan.steps)} steps, one stop and a resume")
     assert_no_outage(run, longest_gap_ms=1000, vip_retry=True)
     all_done(journal, plan)
+    assert_audit_finds_no_divergence(plan.operation_id, inventory_path, journal)
 
     after = load_inventory(inventory_path).cluster
     def moved(hosts) -> set[str]:

@@ -25,7 +25,8 @@ from kubeha.cli.main import app
 from kubeha.errors import InputError
 from kubeha.operations import Operation, operation, register, unregister
 from kubeha.plan import (
-    Journal, JournalError, Plan, PlanError, RunOutcome, Step, StepOutcome, inventory_digest, new_operation_id,
+    Journal, JournalError, Plan, PlanError, RunOutcome, Step, StepOutcome, UnknownOperation, inventory_digest,
+    new_operation_id,
 )
 from kubeha.probe import EtcdWritesSummary, ProbePath, ProbeRecord, summarize
 
@@ -280,6 +281,29 @@ def test_resume_after_a_failure_finishes_the_operation(cluster, inventory, journ
         ("one", 1, "done"), ("two", 1, "rolled-back"), ("one", 2, "skipped-already-done"), ("two", 2, "done"),
         ("three", 1, "done")]
     assert [p["run_id"] for p in shown["probes"]] == [r["run_id"] for r in shown["runs"]]
+
+
+def test_without_its_journal_an_operation_is_not_resumed_blindly(cluster, inventory, journal, registered):
+    op = registered(ToyOperation(cluster, (THREE_STEPS[0], set_step("two", "b", "2", fail="apply"), THREE_STEPS[2])))
+    plan, saved = make_plan_via(op, inventory, journal)
+    assert invoke("apply", saved, "--yes", "-i", inventory, "--journal", journal).exit_code == 1
+    journal.unlink()
+    for action in ("resume", "rollback"):
+        refused = invoke(action, plan.operation_id, "--yes", "-i", inventory, "--journal", journal)
+        assert refused.exit_code == 1 and isinstance(refused.exception, UnknownOperation)
+        assert str(refused.exception) == (
+            f"the journal {journal} knows no operation {plan.operation_id}; kubeha will not resume or roll back "
+            f"{plan.operation_id} without its record: give the journal it ran with (--journal), or go on from what "
+            f"the cluster shows with kubeha apply {saved} --journal {journal} (steps found done on the cluster are "
+            f"skipped)")
+    assert cluster.read() == {"healthy": "yes", "a": "1"}
+
+    cluster.set("fixed", "yes")
+    applied = invoke("apply", saved, "--yes", "-i", inventory, "--journal", journal)
+    assert applied.exit_code == 0, applied.output
+    assert f"{plan.operation_id}: done (1 already done, 2 done)" in applied.output
+    saved.unlink()
+    assert "make a new plan" in str(invoke("resume", "nope", "--journal", journal, "-i", inventory).exception)
 
 
 def test_rollback_undoes_the_finished_steps(cluster, inventory, journal, toy):

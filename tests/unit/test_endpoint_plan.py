@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from test_etcd_plan import NOW, lab_cluster
+from helpers.plans import NOW, lab_cluster
 
 from kubeha.errors import InputError
 from kubeha.lb.plan import lb_configs
@@ -74,10 +74,10 @@ def test_the_new_vip_is_served_and_in_every_cert_before_anything_points_at_it_an
 
 
 def test_retire_san_takes_the_old_vip_out_of_every_cert_after_it_is_gone():
-    p = plan(lab_cluster(), {"vip": "10.0.0.200", "port": "6443", "vrid": "7", "retire_san": "true"})
+    p = plan(lab_cluster(), {"vip": "10.0.0.200", "port": "9443", "vrid": "7", "retire_san": "true"})
     registry.validate(p)
     ids = [s.id for s in p.steps]
-    assert p.steps[0].arguments["vips"][1] == {"address": "10.0.0.200", "port": 6443, "vrid": 7}
+    assert p.steps[0].arguments["vips"][1] == {"address": "10.0.0.200", "port": 9443, "vrid": 7}
     tail = ids[ids.index("update-inventory-old-vip-gone") + 1:]
     assert tail == [x for m in ("master1", "master2", "master3")
                     for x in (f"apiserver-cert-{m}-without-old", f"restart-kube-apiserver-{m}-without-old")]

@@ -17,7 +17,7 @@ import pytest
 
 from kubeha.errors import KubehaError
 from kubeha.plan import (
-    Change, ChangeKind, ClusterLockLost, EngineRefused, Journal, OperationInterrupted, OperationLocked, Plan, PlanError, Registry,
+    Change, ChangeKind, ClusterLockLost, EngineRefused, Journal, JournalWrittenBack, OperationInterrupted, OperationLocked, Plan, PlanError, Registry,
     RollbackStopped, RunOutcome, Step, StepContext, StepFailed, StepKind, StepNotVerified, StepOutcome, apply,
     resume, rollback,
 )
@@ -385,6 +385,51 @@ def test_a_lost_cluster_lock_stops_the_run_between_steps(cluster, journal):
     assert outcomes(journal) == [("one", StepOutcome.DONE)]
     assert cluster.read() == {"healthy": "yes", "a": "1"}
     assert journal.runs(OP)[-1].outcome is RunOutcome.INTERRUPTED
+
+
+class LookFails(SetKey):
+    """A SetKey whose look at the cluster fails while the cluster has ``unreachable``."""
+
+    name = "look-fails"
+
+    def is_done(self, ctx: StepContext) -> bool:
+        if "unreachable" in ctx.view:
+            raise KubehaError("toy: the SSH connection broke")
+        return super().is_done(ctx)
+
+
+def test_a_step_whose_look_fails_is_refused_with_the_next_command(cluster, journal):
+    registry = toy_registry()
+    registry.add_kind(LookFails())
+    cluster.set("unreachable", "yes")
+    plan = toy_plan(THREE_STEPS[0], set_step("two", "b", "2", kind="look-fails"))
+    with pytest.raises(EngineRefused) as refused:
+        apply(plan, registry, cluster.view, journal, cluster=cluster)
+    assert refused.value.reasons == ["whether it is done already: could not look: toy: the SSH connection broke"]
+    assert f"kubeha resume {OP}" in str(refused.value)
+    assert outcomes(journal) == [("one", StepOutcome.DONE), ("two", StepOutcome.REFUSED)]
+    cluster.set("unreachable", None)
+    resume(OP, registry, cluster.view, journal, cluster=cluster)
+    assert cluster.read()["b"] == "2"
+
+
+def test_a_journal_deleted_between_steps_is_written_back_and_the_run_stops(cluster, journal):
+    def delete_after_one(progress):
+        if progress.event == "done" and progress.step.id == "one":
+            journal.path.unlink()
+
+    with pytest.raises(JournalWrittenBack) as stopped:
+        apply(toy_plan(*THREE_STEPS), toy_registry(), cluster.view, journal, cluster=cluster,
+              on_progress=delete_after_one)
+    assert str(stopped.value) == (
+        f"the journal {journal.path} was deleted during the run: kubeha wrote it back from the copy it had open "
+        f"and stopped before step two; find what removes files there, then continue with kubeha resume {OP}")
+    assert cluster.read() == {"healthy": "yes", "a": "1"}
+    with Journal(journal.path) as on_disk:
+        assert outcomes(on_disk) == [("one", StepOutcome.DONE)]
+        assert on_disk.runs(OP)[-1].outcome is RunOutcome.INTERRUPTED
+    resume(OP, toy_registry(), cluster.view, journal, cluster=cluster)
+    assert cluster.read()["c"] == "3"
 
 
 class MarkKey(SetKey):

@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from ipaddress import IPv4Address
-from pathlib import Path
-
 import pytest
+from helpers.plans import facts_for, lab_cluster, member, plan_for
 
 from kubeha.errors import InputError
 from kubeha.etcd.gateway import EtcdMember, EtcdStatus
-from kubeha.model import Cluster, EtcdTopology, Host, Layout, Role, VirtualIP
+from kubeha.model import Cluster, EtcdTopology, Host, Layout
 from kubeha.operations.calico import calicoctl_endpoints, with_calicoctl_endpoints
 from kubeha.operations.etcd import registry
 from kubeha.operations.etcd_plan import (
-    EtcdFacts, cluster_after, etcd_servers_after, membership_change, membership_plan, parse_pairs, refusals,
+    cluster_after, etcd_servers_after, membership_change, parse_pairs, refusals,
 )
 from kubeha.operations.etcd_view import (
     ClusterView, EtcdState, caught_up, etcd_healthy, lb_spare, majority_after, no_other_learner, not_leader, vip_held,
 )
 from kubeha.plan import Plan, PlanError, Step
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-
-
-def lab_cluster(layout: Layout = Layout.KUBEADM, masters: int = 3, spares: int = 3) -> Cluster:
-    hosts = [Host(name=f"master{i}", address=IPv4Address(f"10.0.0.{10 + i}"), roles=frozenset({Role.MASTER, Role.ETCD}))
-             for i in range(1, masters + 1)]
-    hosts += [Host(name=f"spare{i}", address=IPv4Address(f"10.0.0.{20 + i}")) for i in range(1, spares + 1)]
-    hosts += [Host(name="worker1", address=IPv4Address("10.0.0.31"), roles=frozenset({Role.WORKER}))]
-    return Cluster(name="t", layout=layout, hosts=tuple(hosts), vip=VirtualIP(address=IPv4Address("10.0.0.100")))
-
-
-def member(host: Host, learner: bool = False, started: bool = True) -> EtcdMember:
-    return EtcdMember(id=int(host.address) , name=host.name if started else "",
-                      peer_urls=(f"https://{host.address}:2380",),
-                      client_urls=(f"https://{host.address}:2379",) if started else (), is_learner=learner)
-
 
 def status(m: EtcdMember, leader: EtcdMember, raft_index: int = 100, version: str = "3.4.23") -> EtcdStatus:
     return EtcdStatus(endpoint=m.client_urls[0] if m.client_urls else "", member_id=m.id, leader=leader.id,
                       raft_index=raft_index, raft_term=2, db_size=1, version=version, is_learner=m.is_learner)
-
-
-def facts_for(cluster: Cluster, leader: str = "master1", **overrides) -> EtcdFacts:
-    members = tuple(member(h) for h in cluster.etcd_members)
-    leader_id = member(cluster.host(leader)).id
-    defaults = dict(members=members, leader_id=leader_id, version="3.4.23",
-                    apiserver_etcd_servers={m.name: ("https://127.0.0.1:2379",) for m in cluster.masters})
-    return EtcdFacts(**{**defaults, **overrides})
-
-
-def plan_for(cluster: Cluster, adds=(), removes=(), facts: EtcdFacts | None = None) -> Plan:
-    change = membership_change(cluster, adds=adds, removes=removes)
-    return membership_plan(operation="etcd-migrate", operation_id="etcd-migrate-1", arguments={}, cluster=cluster,
-                           change=change, facts=facts or facts_for(cluster), inventory_digest="sha256:a",
-                           inventory_path=Path("/tmp/cluster.yaml"), inventory_after="after", inventory_after_digest="sha256:b",
-                           snapshot_dir=Path("/tmp/snapshots"), now=NOW)
 
 
 MIGRATE = dict(adds=["spare1", "spare2", "spare3"], removes=["master1", "master2", "master3"])

@@ -377,6 +377,14 @@ def test_gather_facts(sshd, settings, tmp_path):
     assert digest == hashlib.sha256(b"").hexdigest() and missing is None
 
 
+def test_a_connection_dropped_mid_command_is_unreachable_not_a_failed_command(sshd, settings):
+    async def drop(conn):
+        with pytest.raises(HostUnreachable, match="h1: the SSH connection broke while running .*no exit status"):
+            await conn.run("kill -9 $PPID; sleep 5")  # $PPID: this session's sshd
+
+    on_host(sshd, settings, drop)
+
+
 def test_silent_port_times_out_as_unreachable(sshd, settings):
     with socket.socket() as silent:  # accepts TCP (backlog) but never says a word
         silent.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 from datetime import datetime, timezone
@@ -90,3 +91,32 @@ def test_a_journal_from_before_probes_gains_the_table(tmp_path):
         run_id = journal.start_run("toy-1", RunAction.APPLY)
         journal.record_probe(run_id, "toy-1", {"healthy": True})
         assert [p.run_id for p in journal.probes("toy-1")] == [run_id]
+
+
+def test_a_journal_deleted_while_open_is_written_back_with_every_row(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal.record_plan(PLAN)
+        run_id = journal.start_run("toy-1", RunAction.APPLY)
+        assert journal.check_on_disk() is None
+        path.unlink()
+        journal.start_step(run_id, "toy-1", "one")  # SQLite alone would refuse: "readonly database"
+        assert journal.check_on_disk() == (path, path)
+        assert journal.check_on_disk() is None  # said once
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with Journal(path) as reopened:
+        assert reopened.plan("toy-1") == PLAN
+        assert [(r.run_id, r.step_id) for r in reopened.steps("toy-1")] == [(run_id, "one")]
+
+
+def test_a_journal_replaced_while_open_is_kept_beside_the_other_file(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal.record_plan(PLAN)
+        path.unlink()
+        Journal(path).close()  # another, empty journal in its place: not ours to overwrite
+        assert journal.check_on_disk() == (path, kept := path.with_name(f"j.sqlite.pid{os.getpid()}"))
+        journal.start_run("toy-1", RunAction.APPLY)
+    with Journal(kept) as ours, Journal(path) as theirs:
+        assert [r.action for r in ours.runs("toy-1")] == [RunAction.APPLY]
+        assert theirs.operation_ids() == []

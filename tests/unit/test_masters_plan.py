@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from test_etcd_plan import NOW, facts_for, lab_cluster, member
+from helpers.plans import facts_for, lab_cluster, master_plan as plan, member, migrate
 
 from kubeha.errors import InputError
 from kubeha.model import Host, Layout, Role
 from kubeha.operations.masters import registry
 from kubeha.operations.masters_plan import (
-    add_master_plan, master_change, remove_master_plan, retarget, with_roles,
+    master_change, retarget, with_roles,
 )
 from kubeha.operations.simulator import model_from_facts, simulate, violations
 from kubeha.plan import PlanError
-
-
-def plan(cluster, name, adding, facts=None, leader_elect=None):
-    host, change = master_change(cluster, name, adding)
-    common = dict(operation="add-master" if adding else "remove-master", operation_id="op-1", arguments={"host": name},
-                  cluster=cluster, host=host, change=change, facts=facts or facts_for(cluster),
-                  inventory_digest="sha256:a", inventory_path=Path("/tmp/cluster.yaml"), inventory_after="after",
-                  inventory_after_digest="sha256:b", snapshot_dir=Path("/tmp/snapshots"), now=NOW)
-    if adding:
-        return add_master_plan(leader_elect=leader_elect or {}, **common)
-    return remove_master_plan(**common)
 
 
 def four_masters(layout=Layout.KUBEADM):
@@ -94,7 +81,7 @@ def test_refusals_name_every_reason():
     with pytest.raises(PlanError, match="keep at least 3"):
         plan(lab_cluster(), "master3", False)
     single = lab_cluster(masters=1)
-    with pytest.raises(PlanError, match="master1 is the last master"):
+    with pytest.raises(InputError, match="master1 is the last master"):  # refused before any host is asked
         plan(single, "master1", False, facts_for(single))
     with pytest.raises(PlanError, match="kube-scheduler on master2 runs with --leader-elect=false"):
         plan(lab_cluster(), "spare1", True, leader_elect={"master2/kube-scheduler": "false"})
@@ -112,18 +99,6 @@ def test_a_source_file_is_retargeted_at_the_new_host_by_whole_words():
     text = "--advertise-address=10.0.0.11 https://10.0.0.11:6443 10.0.0.110 master1 master10 system:node:master1"
     assert retarget(text, source, new) == (
         "--advertise-address=10.0.0.21 https://10.0.0.21:6443 10.0.0.110 spare1 master10 system:node:spare1")
-
-
-def migrate(cluster, replace, facts=None, leader_elect=None):
-    from kubeha.operations.etcd_plan import parse_pairs
-    from kubeha.operations.masters_plan import migrate_masters_plan, migration_pairs
-    return migrate_masters_plan(
-        operation="migrate-masters", operation_id="op-1", arguments={"replace": replace}, cluster=cluster,
-        pairs=migration_pairs(cluster, parse_pairs(replace)), facts=facts or facts_for(cluster),
-        leader_elect=leader_elect or {}, nodes_first=(), inventory_digest="sha256:a", inventory_path=Path("/tmp/cluster.yaml"),
-        render_inventory=lambda after: " ".join(f"{h.name}={','.join(sorted(r.value for r in h.roles))}"
-                                                for h in after.hosts),
-        snapshot_dir=Path("/tmp/snapshots"), now=NOW)
 
 
 def test_migrate_masters_adds_each_new_master_then_removes_its_old_one_leader_last():

@@ -3,29 +3,18 @@ restart annotation of a static pod: pure, no hosts."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
-from test_etcd_plan import lab_cluster, member, step, view
+from helpers.plans import lab_cluster, member, restart_plan as plan
+from test_etcd_plan import step, view
 
 from kubeha.errors import InputError
 from kubeha.model import Layout
 from kubeha.operations.components import parse_listener
 from kubeha.operations.etcd_view import majority_while_down
 from kubeha.operations.restart import registry
-from kubeha.operations.restart_plan import parse_components, restart_hosts, rolling_restart_plan
+from kubeha.operations.restart_plan import parse_components
 from kubeha.plan import PlanError
 from kubeha.render.flags import pod_annotation, with_pod_annotation
-
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-
-
-def plan(cluster, components="", hosts="", leader_host=None, unhealthy=()):
-    chosen = parse_components(components)
-    return rolling_restart_plan(operation="rolling-restart", operation_id="rolling-restart-1", arguments={},
-                                cluster=cluster, components=chosen, hosts=restart_hosts(cluster, chosen, hosts),
-                                leader_host=leader_host, unhealthy_members=unhealthy, inventory_digest="sha256:a",
-                                now=NOW)
 
 
 def test_default_restarts_each_master_in_turn_with_its_apiserver_drained():

@@ -3,22 +3,11 @@ rule are refused, naming the step. Pure, no hosts."""
 
 from __future__ import annotations
 
+from helpers.plans import endpoint_plan, facts_for, lab_cluster, migrate, plan_for, restart_plan, verdicts_of, without
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_etcd_plan import facts_for, lab_cluster, plan_for
-from test_restart_plan import plan as restart_plan
 
-from kubeha.operations.simulator import model_from_facts, simulate, violations
-from kubeha.plan import Plan
-
-
-def verdicts_of(cluster, plan: Plan, facts=None):
-    return simulate(plan, cluster, model_from_facts(cluster, facts or facts_for(cluster)))
-
-
-def without(plan: Plan, *kinds_or_ids: str) -> Plan:
-    steps = tuple(s for s in plan.steps if s.kind not in kinds_or_ids and s.id not in kinds_or_ids)
-    return plan.model_copy(update={"steps": steps})
+from kubeha.operations.simulator import violations
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -117,3 +106,21 @@ def test_a_client_left_naming_a_removed_member_when_the_plan_is_done_is_refused(
     final_pass = [s.id for s in plan.steps if s.kind == "apiserver-etcd-servers"]
     found = violations(verdicts_of(cluster, without(plan, *final_pass), facts))
     assert any("when the plan is done, master1 still names master2" in v for v in found), found
+
+
+def test_the_verified_plan_shows_the_vip_holder_and_clients_naming_an_address_about_to_go():
+    cluster = lab_cluster()
+    verdicts = verdicts_of(cluster, endpoint_plan(cluster, {"vip": "10.0.0.200"}))
+    assert violations(verdicts) == []
+    served = next(v for v in verdicts if v.step == "serve-vip-10.0.0.200").describe()
+    assert "VIP 10.0.0.100 on master1; VIP 10.0.0.200 on master1" in served
+    assert "master1 without 10.0.0.200" in served  # no cert names the new VIP yet
+    assert "served no more after a later step: 10.0.0.100 (ConfigMap kube-system/kube-proxy" in served
+    assert "10.0.0.100" not in next(v for v in verdicts if v.step == "retire-vip-10.0.0.100").describe()
+
+
+def test_the_vip_moves_to_a_staying_lb_host_before_its_holder_stops_keepalived():
+    cluster = lab_cluster()
+    verdicts = verdicts_of(cluster, migrate(cluster, "master1=spare1"))
+    assert next(v for v in verdicts if v.step == "remove-lb-server-master1").after.vips == {"10.0.0.100": "master2"}
+    assert violations(verdicts) == []

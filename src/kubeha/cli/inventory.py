@@ -65,7 +65,7 @@ def discover(
                                                      "(default: ~/.ssh/known_hosts).")] = None,
     trust_new_host_keys: Annotated[bool, typer.Option("--trust-new-host-keys", help="Trust and "
                                    "record the keys of hosts known_hosts does not list yet.")] = False,
-    port: Annotated[int, typer.Option("--port", help="SSH port of every host.")] = 22,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="SSH port of every host.")] = 22,
     tunnel: Annotated[bool, typer.Option("--tunnel", help="Reach etcd and the API through SSH "
                                          "tunnels even when they look reachable.")] = False,
 ) -> None:

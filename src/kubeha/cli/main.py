@@ -6,8 +6,9 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from kubeha.cli import check, demo, endpoint, inventory, lab, lb, nodes, operations, probe, report
+from kubeha.cli import audit, check, demo, endpoint, inventory, lab, lb, nodes, operations, probe, report
 from kubeha.errors import KubehaError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("resume")(operations.resume)
 app.command("rollback")(operations.rollback)
 app.command("journal")(operations.journal_command)
 app.command("report")(report.report)
+app.command("audit")(audit.audit_command)
 app.add_typer(operations.etcd_app, name="etcd")
 operations.plan_app.command("repoint-nodes")(nodes.plan_repoint_nodes)
 app.command("repoint-nodes")(nodes.repoint_nodes)
@@ -46,7 +48,8 @@ def main() -> None:
     try:
         app()
     except KubehaError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        # one line however long (soft_wrap), the message as it is (no markup read in it)
+        err.print(Text.assemble(Text("error:", style="red"), f" {e}"), soft_wrap=True, highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -27,14 +27,15 @@ from rich.text import Text
 
 from kubeha.access import ClusterAccess
 from kubeha.cli.probe import print_probe_summary, probe_json
-from kubeha.errors import InputError, KubehaError
+from kubeha.errors import InputError, KubehaError, as_typed
 from kubeha.inventory import Inventory, load_inventory
 from kubeha.operations import Operation, operation
 from kubeha.operations.simulator import StepVerdict, models
 from kubeha.operations.verify import refuse_unsafe, verify_plan
 from kubeha.plan import (
     Journal, JournalError, Plan, PlanError, Progress, RunAction, RunRecord, RunResult, StepOutcome,
-    StepRecord, default_journal_path, engine, inventory_digest, plan_json, plan_markdown, plan_text, steps_to_undo,
+    StepRecord, UnknownOperation, default_journal_path, engine, inventory_digest, plan_json, plan_markdown, plan_text,
+    steps_to_undo,
 )
 from kubeha.plan.cluster_lock import cluster_lock_for
 from kubeha.plan.model import OPERATION_ID_PATTERN
@@ -140,9 +141,17 @@ def load_plan(reference: str, journal_path: Path) -> tuple[Plan, Path]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the plan {reference}: {e.strerror if isinstance(e, OSError) else e} "
+        raise InputError(f"cannot read the plan {as_typed(reference)}: {e.strerror if isinstance(e, OSError) else e} "
                          f"(give a plan file, or the id of a plan saved in {plans_dir(journal_path)})") from None
     return Plan.from_json(text, f"plan file {path}"), path
+
+
+def operation_id_argument(text: str) -> str:
+    """An operation id as typed; InputError (one line) for one no journal can hold."""
+    if not re.fullmatch(OPERATION_ID_PATTERN, text):
+        raise InputError(f"{as_typed(text)} is not an operation id (like etcd-migrate-20240501-101500-3fa2): "
+                         "`kubeha journal` lists them")
+    return text
 
 
 def print_plan(plan: Plan, fmt: PlanFormat) -> None:
@@ -181,6 +190,7 @@ def _short(iso: str | None) -> str:
 def make_plan(operation_name: str, arguments: Mapping[str, str], inventory_path: Path) -> tuple[Plan, Inventory]:
     op = operation(operation_name)
     inventory = load_inventory(inventory_path)
+    op.check_arguments(inventory, arguments)  # bad input is refused before any host is touched
     with ClusterAccess(inventory) as access:
         plan = op.make_plan(access, inventory, inventory_path, dict(arguments))
     op.registry.validate(plan)
@@ -190,7 +200,7 @@ def make_plan(operation_name: str, arguments: Mapping[str, str], inventory_path:
 def print_verdicts(verdicts: Sequence[StepVerdict], console: Console) -> None:
     console.print("simulated, step by step (the model after each step):")
     for v in verdicts:
-        console.print(f"  {v.step}: {v.after.describe()}", soft_wrap=True)
+        console.print(f"  {v.step}: {v.describe()}", soft_wrap=True)
         for why in v.warnings:
             console.print(Text.assemble("    ", Text("warning:", style="yellow"), f" {why}"), soft_wrap=True)
         for why in v.violations:
@@ -450,8 +460,25 @@ def apply_plan(plan: Plan, inventory_path: Path, journal_path: Path, *, yes: boo
         run_operation(RunAction.APPLY, plan, op, inventory, journal, probe=not no_probe)
 
 
+def without_its_record(operation_id: str, journal_path: Path, saved_plan: Path | None) -> str:
+    """What to do when the journal has no record of an operation (it was deleted, or is not
+    the journal the operation ran with): not guess which steps were done."""
+    if saved_plan is None:
+        return (f"; kubeha will not resume or roll back {operation_id} without its record: give the journal it ran "
+                f"with (--journal), or make a new plan, which starts from what the cluster shows")
+    journal = "" if journal_path == default_journal_path() else f" --journal {journal_path}"
+    return (f"; kubeha will not resume or roll back {operation_id} without its record: give the journal it ran "
+            f"with (--journal), or go on from what the cluster shows with kubeha apply {saved_plan}{journal} "
+            f"(steps found done on the cluster are skipped)")
+
+
 def _journaled(operation_id: str, journal: Journal, inventory_path: Path) -> tuple[Plan, Operation, Inventory]:
-    plan = journal.plan(operation_id)
+    try:
+        plan = journal.plan(operation_id)
+    except UnknownOperation as e:
+        saved = plans_dir(journal.path) / f"{operation_id}.json"
+        raise UnknownOperation(f"{e}{without_its_record(operation_id, journal.path, saved if saved.exists() else None)}"
+                               ) from None
     op = operation(plan.operation)
     check_inventory(op, plan, inventory_path)
     return plan, op, load_inventory(inventory_path)
@@ -523,7 +550,7 @@ def resume(
     """
     journal_path = journal_path_of(journal)
     with _open_journal(journal_path) as opened:
-        plan, op, loaded = _journaled(operation_id, opened, inventory)
+        plan, op, loaded = _journaled(operation_id_argument(operation_id), opened, inventory)
         typer.echo(plan_text(plan), nl=False)
         out.print(f"{operation_id}: {_last_run_line(opened.runs(operation_id))}", soft_wrap=True)
         confirm(f"resume {operation_id} on cluster {loaded.cluster.name}?", yes)
@@ -551,7 +578,7 @@ def rollback(
     """
     journal_path = journal_path_of(journal)
     with _open_journal(journal_path) as opened:
-        plan, op, loaded = _journaled(operation_id, opened, inventory)
+        plan, op, loaded = _journaled(operation_id_argument(operation_id), opened, inventory)
         todo = [step for step in steps_to_undo(plan, opened.steps(operation_id))
                 if not getattr(op.registry.kind(step.kind), "nothing_to_undo", False)]
         if not todo:
@@ -686,7 +713,7 @@ def journal_command(
         else:
             _print_journal_list(listed, journal_path)
         return
-    detail = journal_detail(journal_path, operation_id)
+    detail = journal_detail(journal_path, operation_id_argument(operation_id))
     if json_output:
         typer.echo(json.dumps(detail, indent=2))
     else:

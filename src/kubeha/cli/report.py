@@ -14,7 +14,7 @@ from kubeha.cli.operations import InventoryOption, JournalOption, journal_path_o
 from kubeha.errors import InputError, KubehaError
 from kubeha.inventory import load_inventory
 from kubeha.plan import Journal
-from kubeha.report import operation_report, render_report_html
+from kubeha.report import known_operation, operation_report, render_report_html
 
 out = Console(highlight=False)
 
@@ -67,6 +67,8 @@ def report(
 
       kubeha report migrate-masters-20261203-103713-0cb9 --no-check -o /tmp/report.html
     """
-    written = write_report(operation_id, journal_path_of(journal), check_for_report(None if no_check else inventory),
-                           out_file)
+    journal_path = journal_path_of(journal)
+    with Journal(journal_path) as opened:  # an unknown operation is refused before the check asks any host
+        known_operation(opened, operation_id)
+    written = write_report(operation_id, journal_path, check_for_report(None if no_check else inventory), out_file)
     out.print(f"report: {written}", soft_wrap=True)

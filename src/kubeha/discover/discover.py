@@ -260,12 +260,19 @@ def _first(flags: Flags, name: str) -> str | None:
     return value.split(",")[0] if value else None
 
 
+_NO_HOST = IPv4Network("0.0.0.0/8")  # "this network": 0.0.0.0, and what `0` or `1` resolve to
+
+
 def _resolve(target: str) -> tuple[str, IPv4Address]:
     user, _, host = target.rpartition("@")
+    if not host.strip() or not target.isprintable() or " " in target:
+        raise InputError(f"{target!r} names no host: give the master as [USER@]ADDRESS, like root@10.0.0.11")
     try:
         address = IPv4Address(socket.gethostbyname(host))
     except (OSError, UnicodeError):
         raise InputError(f"cannot resolve {host!r} to an IPv4 address: give the master as USER@ADDRESS") from None
+    if address in _NO_HOST or address.is_multicast or address == IPv4Address("255.255.255.255"):
+        raise InputError(f"{host!r} is {address}, no host's address: give the master as USER@ADDRESS")
     return user or "root", address
 
 

@@ -37,7 +37,9 @@ Command = str | Sequence[str]
 
 # OpenSSH allows 10 sessions per connection (MaxSessions); stay under it.
 _SESSIONS_PER_CONNECTION = 8
-_KEEPALIVE_SECONDS = 30
+# A host that stops answering (its network cut) is given up after asyncssh's 3 unanswered
+# keepalives and one more interval: 40 s, where 30 s made a step wait 2 minutes on it.
+_KEEPALIVE_SECONDS = 10
 _SUDO_REFUSALS = ("a password is required", "is not in the sudoers file",
                   "is not allowed to execute", "a terminal is required")
 
@@ -224,6 +226,9 @@ class HostConnection(OpenedWhileUsed):
             reason = e.reason if isinstance(e, asyncssh.Error) else str(e)
             raise HostUnreachable(f"{self.name}: the SSH connection broke while running {what}: "
                                   f"{reason}; check the host and retry") from e
+        if done.returncode is None:  # the channel closed without an exit status: the connection dropped
+            raise HostUnreachable(f"{self.name}: the SSH connection broke while running {what}: no exit status "
+                                  f"came back; check the host and retry")
         stderr = _text(done.stderr)
         if self.uses_sudo and done.returncode == 1 and (refusal := sudo_refusal(stderr)):
             raise SudoRefused(f"{self.name}: sudo refused to run {what} as root for {self.user} "

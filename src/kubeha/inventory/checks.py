@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from kubeha.inventory.problems import Problem
+from kubeha.inventory.problems import Problem, field_path
 from kubeha.model import EtcdTopology, Role
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def _vip_problems(document: ClusterDocument) -> Iterator[Problem]:
         return
     owners = {h.address: h.name for h in document.hosts}
     seen = set()
+    routers: dict[int, tuple[str, str]] = {}  # vrid -> (the first VIP's field, its interface)
     for loc, vip in [(("vip",), document.vip),
                      *((("extra_vips", i), v) for i, v in enumerate(document.extra_vips))]:
         if vip.address in owners:
@@ -65,6 +66,11 @@ def _vip_problems(document: ClusterDocument) -> Iterator[Problem]:
         elif vip.address in seen:
             yield Problem((*loc, "address"), f"{vip.address} is already a VIP of this cluster")
         seen.add(vip.address)
+        first, interface = routers.setdefault(vip.vrid, (field_path(loc), vip.interface))
+        if interface != vip.interface:
+            yield Problem((*loc, "vrid"),
+                          f"{vip.vrid} is also the vrid of {first} on {interface}: VIPs of one VRRP router share "
+                          f"its interface; give the VIP on {vip.interface} a vrid of its own")
     lb_hosts_are_masters = not any(Role.LB in h.roles for h in document.hosts)
     apiserver_port = document.setting("apiserver_port")
     if lb_hosts_are_masters and document.vip.port == apiserver_port:

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from kubeha.inventory.checks import cluster_problems
 from kubeha.inventory.inventory import Inventory, SshDefaults
-from kubeha.inventory.problems import Locator, refusal, validation_problems
+from kubeha.inventory.problems import Locator, field_path, refusal, validation_problems
 from kubeha.model import (
     HOST_NAME_PATTERN, CertPair, Cluster, ClusterPaths, EtcdTopology, Host, Layout, LoadBalancer,
     Role, VirtualIP,
@@ -145,6 +145,13 @@ def build_inventory(
         return _inventory(document, base_dir, notes)
     except ValidationError as e:  # the checks above should leave nothing for the model to refuse
         raise refusal(validation_problems(e, ClusterDocument, PATTERN_WORDS), locate) from None
+
+
+def cluster_inconsistencies(cluster: Cluster) -> list[str]:
+    """What the consistency checks of cluster.yaml say of ``cluster``, one line each (``field:
+    problem``): an operation refuses a change whose inventory kubeha would refuse to read."""
+    document = ClusterDocument.model_validate(inventory_document(Inventory(cluster=cluster)))
+    return [f"{field_path(p.loc)}: {p.message}" for p in cluster_problems(document)]
 
 
 def _inventory(document: ClusterDocument, base_dir: Path | None, notes: Sequence[str]) -> Inventory:

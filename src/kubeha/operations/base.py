@@ -10,11 +10,12 @@ roll back a journaled plan.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from kubeha.access import ClusterAccess
+from kubeha.errors import InputError
 from kubeha.inventory import Inventory
 from kubeha.plan import Plan, Registry, ViewFactory
 
@@ -28,6 +29,11 @@ class Operation(ABC):
                   arguments: Mapping[str, str]) -> Plan:
         """The plan for ``arguments`` on the cluster as ``access`` sees it now; InputError or
         PlanError (one line, every reason) when the operation would be unsafe or is impossible."""
+
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        """InputError (one line, every reason) for ``arguments`` that name no possible change of
+        the inventory's cluster. Pure: the CLI asks it before any host is touched; an operation
+        whose arguments need no look at the inventory has nothing to refuse here."""
 
     @abstractmethod
     def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
@@ -51,3 +57,9 @@ class Operation(ABC):
         """Whether the current inventory (``digest``) is one this plan can run on: the one it
         was made from, or (for an operation that rewrites the inventory) its result."""
         return digest == plan.inventory_digest
+
+
+def refuse_input(operation: str, reasons: Sequence[str]) -> None:
+    """InputError naming every reason (one line), when there is one."""
+    if reasons:
+        raise InputError(f"{operation} refused: " + "; ".join(reasons))

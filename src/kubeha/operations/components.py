@@ -92,7 +92,7 @@ def parse_listener(stdout: str) -> ListenerProcess:
 def listener(port: int, *, skip_loopback: bool = False) -> Fact[ListenerProcess]:
     """The process listening on TCP ``port`` (its pid, start and command line), with the
     host's clock."""
-    return Fact(f"the process on port {port}", ["sh", "-c", _listener_script(port, skip_loopback)],
+    return Fact(f"process on port {port}", ["sh", "-c", _listener_script(port, skip_loopback)],
                 parse_listener)
 
 

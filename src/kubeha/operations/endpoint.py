@@ -6,26 +6,31 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from kubeha.access import ClusterAccess
 from kubeha.certs import load_authorities, reissue_apiserver_cert
+from kubeha.discover.configs import VrrpInstance, parse_keepalived_conf
 from kubeha.errors import HostError, InputError
+from kubeha.hosts import CommandFailed
+from kubeha.hosts.facts import ipv4_addresses_on
 from kubeha.inventory import Inventory, dump_inventory
 from kubeha.kube import configmap_value, objects_naming, set_configmap_value
 from kubeha.lb.apply import VIP_TIMEOUT, read_lb_state, vip_holding
 from kubeha.lb.plan import plan_lb_apply
-from kubeha.model import Cluster, Layout
+from kubeha.model import Cluster, Host, Layout
+from kubeha.operations.base import refuse_input
 from kubeha.operations.endpoint_plan import (
-    ENDPOINT_CONFIGMAPS, OPERATION, EndpointFacts, change_endpoint_plan, moved_vip, names_endpoint, parse_request,
-    replace_endpoint, vip_text, vip_url, with_vips,
+    ENDPOINT_CONFIGMAPS, OPERATION, EndpointFacts, EndpointRequest, change_endpoint_plan, moved_vip, names_endpoint,
+    parse_request, replace_endpoint, request_refusals, vip_text, vip_url, with_vips,
 )
 from kubeha.operations.masters import (
     HostFilesStep, MasterViewOperation, configure_lbs, registry as masters_registry, repoint_naming, step_access,
     step_host,
 )
 from kubeha.operations.nodes import kube_api, kube_proxy_servers
+from kubeha.operations.nodes_plan import KUBE_PROXY_CONFIGMAP, KUBE_PROXY_NAMESPACE, RepointRequest
 from kubeha.operations.nodes_plan import parse_request as parse_repoint_request
 from kubeha.pki import SubjectAltNames, sans_of
 from kubeha.plan import Plan, StepContext, StepKind, StepNotVerified
@@ -196,7 +201,7 @@ registry = masters_registry.extended(LbVips(), ApiserverSans(), ControlPlaneKube
 # ---- reading what planning needs, and the operation --------------------------------------------
 
 
-def read_endpoint_facts(access: ClusterAccess) -> EndpointFacts:
+def read_endpoint_facts(access: ClusterAccess, request: EndpointRequest) -> EndpointFacts:
     cluster = access.cluster
     p = cluster.paths
     paths = [str(p.admin_kubeconfig), str(p.controller_manager_kubeconfig), str(p.scheduler_kubeconfig)]
@@ -215,9 +220,43 @@ def read_endpoint_facts(access: ClusterAccess) -> EndpointFacts:
         kubeconfigs[master.name] = found
     api = kube_api(access)
     configmaps = {where: configmap_value(api, *where) for where in ENDPOINT_CONFIGMAPS}
+    lb_hosts = [h for h in cluster.lb_hosts if h.name not in access.connect_errors] if cluster.vip else []
     return EndpointFacts(kubeconfigs=kubeconfigs, configmaps=configmaps,
                          kube_proxy_configmap=kube_proxy_servers(access),
-                         unreachable={name: str(e) for name, e in access.connect_errors.items()})
+                         unreachable={name: str(e) for name, e in access.connect_errors.items()},
+                         vip_interfaces={h.name: _vip_interface(access, h) for h in lb_hosts},
+                         keepalived={h.name: _keepalived(access, h) for h in lb_hosts},
+                         old_vip_users=_old_vip_users(access) if request.retire_san else ())
+
+
+def _vip_interface(access: ClusterAccess, host: Host) -> tuple[IPv4Interface, ...]:
+    """The addresses on the VIP's interface of ``host``; none when it has no such interface."""
+    assert access.cluster.vip is not None
+    try:
+        return tuple(a.address for a in access.fact(host, ipv4_addresses_on(access.cluster.vip.interface)))
+    except CommandFailed as e:
+        if "does not exist" in e.stderr_tail:  # `ip`: Device "eth1" does not exist.
+            return ()
+        raise
+
+
+def _keepalived(access: ClusterAccess, host: Host) -> tuple[VrrpInstance, ...]:
+    """The VRRP instances of ``host``'s keepalived.conf (none without one)."""
+    path = access.cluster.paths.keepalived_conf
+    content = access.get_file(host, path)
+    try:
+        return parse_keepalived_conf(content.decode()) if content is not None else ()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HostError(f"{host.name}: {path}: cannot read it: {e}") from None
+
+
+def _old_vip_users(access: ClusterAccess) -> tuple[str, ...]:
+    """The API objects naming the old VIP that the plan does not change."""
+    assert access.cluster.vip is not None
+    changed = [*((namespace, name) for namespace, name, _ in ENDPOINT_CONFIGMAPS),
+               (KUBE_PROXY_NAMESPACE, KUBE_PROXY_CONFIGMAP)]
+    return tuple(line for line in objects_naming(access.kube(), [str(access.cluster.vip.address)])
+                 if not any(line.startswith(f"ConfigMap {namespace}/{name} ") for namespace, name in changed))
 
 
 class ChangeEndpoint(MasterViewOperation):
@@ -229,21 +268,33 @@ class ChangeEndpoint(MasterViewOperation):
     name = OPERATION
     registry = registry
 
+    def _nodes_request(self, cluster: Cluster, request: EndpointRequest,
+                       arguments: Mapping[str, str]) -> RepointRequest | None:
+        """`repoint-nodes`' request for the nodes naming the old VIP; None without a VIP."""
+        if cluster.vip is None:
+            return None
+        return parse_repoint_request(
+            {"server": vip_url(moved_vip(cluster, request)),
+             **{k: arguments[k] for k in ("batch", "failure_budget", "node_timeout") if arguments.get(k)}})
+
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        cluster = inventory.cluster
+        request = parse_request(cluster, arguments)
+        self._nodes_request(cluster, request, arguments)
+        refuse_input(self.name, request_refusals(cluster, request))
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        # refused before any host is asked
         request = parse_request(cluster, arguments)
         old = cluster.vip
-        nodes = None if old is None else parse_repoint_request(
-            {"server": vip_url(moved_vip(cluster, request)),
-             **{k: arguments[k] for k in ("batch", "failure_budget", "node_timeout") if arguments.get(k)}})
+        nodes = self._nodes_request(cluster, request, arguments)
         operation_id, digest = new_operation_id(self.name), inventory_digest(inventory_path.read_text())
         nodes_steps = [] if old is None or nodes is None else repoint_naming(  # no VIP: planning refuses
             access, operation_id, [str(old.address)], nodes, digest, served_later=True, what="the old VIP")
         return change_endpoint_plan(
             operation_id=operation_id, arguments=arguments, cluster=cluster, request=request,
-            facts=read_endpoint_facts(access), nodes_steps=nodes_steps, inventory_digest=digest,
+            facts=read_endpoint_facts(access, request), nodes_steps=nodes_steps, inventory_digest=digest,
             inventory_path=inventory_path.resolve(),
             render_inventory=lambda after: dump_inventory(inventory.model_copy(update={"cluster": after})),
             now=datetime.now(timezone.utc))

@@ -22,17 +22,19 @@ The order makes every moment safe for clients of either endpoint:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
+from kubeha.discover.configs import VrrpInstance
 from kubeha.errors import InputError
+from kubeha.inventory import cluster_inconsistencies
 from kubeha.model import Cluster, Host, VirtualIP
 from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, SCHEDULER
 from kubeha.operations.etcd_plan import accept_later_values, inventory_step
-from kubeha.operations.nodes_plan import configmap_step
+from kubeha.operations.nodes_plan import configmap_step, node_hosts
 from kubeha.operations.restart_plan import restart_step
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
 from kubeha.plan import inventory_digest as inventory_text_digest
@@ -60,6 +62,13 @@ class EndpointFacts:
     configmaps: Mapping[tuple[str, str, str], str | None] = field(default_factory=dict)  # ENDPOINT_CONFIGMAPS
     kube_proxy_configmap: tuple[str, ...] | None = None  # its servers; None: absent
     unreachable: Mapping[str, str] = field(default_factory=dict)  # host -> why SSH failed
+    # LB host -> the IPv4 addresses (with their prefix) on the VIP's interface; a host not
+    # listed was not asked
+    vip_interfaces: Mapping[str, tuple[IPv4Interface, ...]] = field(default_factory=dict)
+    # LB host -> the VRRP instances of its keepalived.conf
+    keepalived: Mapping[str, tuple[VrrpInstance, ...]] = field(default_factory=dict)
+    # what names the old VIP and the plan leaves as it is (API objects kubeha does not change)
+    old_vip_users: tuple[str, ...] = ()
 
 
 def parse_request(cluster: Cluster, arguments: Mapping[str, str]) -> EndpointRequest:
@@ -85,8 +94,9 @@ def parse_request(cluster: Cluster, arguments: Mapping[str, str]) -> EndpointReq
                            int(vrid_text) if vrid_text else None)
 
 
-def endpoint_refusals(cluster: Cluster, request: EndpointRequest, facts: EndpointFacts) -> list[str]:
-    """Every reason the change must not be planned."""
+def request_refusals(cluster: Cluster, request: EndpointRequest) -> list[str]:
+    """Every reason the inventory alone gives not to make the change: pure, so that the CLI
+    refuses it before any host is touched."""
     reasons = []
     old = cluster.vip
     if old is None:
@@ -108,19 +118,85 @@ def endpoint_refusals(cluster: Cluster, request: EndpointRequest, facts: Endpoin
     if len(cluster.masters) < 2:
         reasons.append("kube-apiserver on the only master cannot restart with its new cert without an outage: "
                        "add a master first")
-    reasons += [f"{name} is not reachable over SSH: {why}" for name, why in facts.unreachable.items()
-                if name in {h.name for h in (*cluster.masters, *cluster.lb_hosts)}]
+    if not reasons:  # the reasons above say it better; the inventory's own checks find the rest
+        both = with_vips(cluster, [moved_vip(cluster, request), old, *cluster.extra_vips])
+        reasons += [f"the inventory would then be refused: {line}" for line in cluster_inconsistencies(both)]
     return reasons
 
 
-def moved_vip(cluster: Cluster, request: EndpointRequest) -> VirtualIP:
+def endpoint_refusals(cluster: Cluster, request: EndpointRequest, facts: EndpointFacts) -> list[str]:
+    """Every reason the change must not be planned: the inventory's, then the live cluster's."""
+    reasons = request_refusals(cluster, request)
+    if cluster.vip is None:
+        return reasons
+    reasons += [f"{name} is not reachable over SSH: {why}" for name, why in facts.unreachable.items()
+                if name in {h.name for h in (*cluster.masters, *cluster.lb_hosts)}]
+    reasons += [why for host, addresses in facts.vip_interfaces.items()
+                if (why := interface_reason(cluster, request, host, addresses))]
+    taken = foreign_vrids(cluster, facts)
+    vrid = moved_vip(cluster, request, taken).vrid
+    if vrid in taken:
+        reasons.append(f"VRID {vrid} is in use by {taken[vrid]}: two VRRP routers with one id on a segment "
+                       "take each other's addresses; choose another --vrid")
+    if why := san_reason(cluster, request, facts):
+        reasons.append(why)
+    return reasons
+
+
+def foreign_vrids(cluster: Cluster, facts: EndpointFacts) -> dict[int, str]:
+    """The VRRP router ids of keepalived instances on the LB hosts that hold none of the
+    cluster's VIPs (another service's, or another cluster's), each with where it is."""
+    ours = {v.address for v in cluster.vips}
+    found: dict[int, str] = {}
+    for host, instances in facts.keepalived.items():
+        for instance in instances:
+            held = [a for a, _ in instance.addresses]
+            if instance.vrid is not None and not ours & set(held):
+                found.setdefault(instance.vrid, f"a keepalived instance on {host} holding "
+                                                f"{', '.join(map(str, held)) or 'no address'}")
+    return found
+
+
+def interface_reason(cluster: Cluster, request: EndpointRequest, host: str,
+                     addresses: Sequence[IPv4Interface]) -> str | None:
+    """Why LB host ``host`` cannot hold the new VIP on the VIP's interface (``addresses``
+    are that interface's): it has no address there, the VIP is outside their subnets, or an
+    address there is the new VIP already (something holds it)."""
+    assert cluster.vip is not None
+    interface = cluster.vip.interface
+    if not addresses:
+        return f"{host} has no IPv4 address on {interface}, the VIP's interface: keepalived cannot hold a VIP there"
+    if any(a.ip == request.address for a in addresses):
+        return f"{request.address} is on {interface} of {host} already: it is in use"
+    if not any(request.address in a.network for a in addresses):
+        subnets = ", ".join(sorted({str(a.network) for a in addresses}))
+        return (f"{request.address} is outside the subnet of {interface} on {host} ({subnets}): keepalived can "
+                "only hold an address of the LB hosts' own subnet")
+    return None
+
+
+def san_reason(cluster: Cluster, request: EndpointRequest, facts: EndpointFacts) -> str | None:
+    """Why the old VIP must stay in the apiserver certs: ``retire_san`` while something may
+    still name it (its SAN is the way back for it: the old VIP served again)."""
+    if not request.retire_san or cluster.vip is None:
+        return None
+    unknown = [f"{name} (its kubeconfigs could not be read: {why})" for name, why in facts.unreachable.items()
+               if name in {h.name for h in node_hosts(cluster)}]
+    users = [*facts.old_vip_users, *unknown]
+    if not users:
+        return None
+    return (f"--retire-san would take {cluster.vip.address} out of the apiserver certs, yet it may still be in use "
+            f"({'; '.join(users)}): repoint them first, or leave --retire-san out")
+
+
+def moved_vip(cluster: Cluster, request: EndpointRequest, taken: Collection[int] = ()) -> VirtualIP:
     """The new VIP: on the old one's interface, in a VRRP instance of its own (the next VRID
-    free by default), so that serving and retiring either never changes the other's
-    instance: a backup whose instance lists other addresses than its master's adverts drops
-    them and takes the addresses too."""
+    free by default, neither the cluster's nor one of ``taken``), so that serving and
+    retiring either never changes the other's instance: a backup whose instance lists other
+    addresses than its master's adverts drops them and takes the addresses too."""
     old = cluster.vip
     assert old is not None
-    used = {v.vrid for v in cluster.vips}
+    used = {v.vrid for v in cluster.vips} | set(taken)
     vrid = request.vrid or next(v for v in [*range(old.vrid + 1, 256), *range(1, old.vrid)] if v not in used)
     return old.model_copy(update={"address": request.address, "port": request.port, "vrid": vrid})
 
@@ -224,7 +300,7 @@ def change_endpoint_plan(*, operation_id: str, arguments: Mapping[str, str], clu
         raise PlanError(f"{OPERATION} refused: " + "; ".join(reasons))
     old = cluster.vip
     assert old is not None
-    new = moved_vip(cluster, request)
+    new = moved_vip(cluster, request, foreign_vrids(cluster, facts))
     both = with_vips(cluster, [new, old, *cluster.extra_vips])
     after = with_vips(cluster, [new, *cluster.extra_vips])
 
@@ -272,5 +348,6 @@ def change_endpoint_plan(*, operation_id: str, arguments: Mapping[str, str], clu
 
 __all__ = [
     "ENDPOINT_CONFIGMAPS", "EndpointFacts", "EndpointRequest", "OPERATION", "change_endpoint_plan",
-    "endpoint_refusals", "moved_vip", "vip_url", "names_endpoint", "parse_request", "replace_endpoint", "vip_text", "with_vips",
+    "endpoint_refusals", "foreign_vrids", "interface_reason", "moved_vip", "vip_url", "names_endpoint", "parse_request",
+    "replace_endpoint", "request_refusals", "san_reason", "vip_text", "with_vips",
 ]

@@ -484,12 +484,14 @@ def read_facts(access: ClusterAccess, change: MembershipChange) -> EtcdFacts:
             servers[master.name] = tuple(flags["etcd-servers"].split(","))
     involved = [*change.adds, *change.removes, *cluster.masters]
     unreachable = {h.name: str(access.connect_errors[h.name]) for h in involved if h.name in access.connect_errors}
-    with_data = frozenset(h.name for h in change.adds if h.name not in unreachable
-                          and etcd_hosts.data_dir_holds_member(access, cluster, h))
+    reachable = [h for h in change.adds if h.name not in unreachable]
+    with_data = frozenset(h.name for h in reachable if etcd_hosts.data_dir_holds_member(access, cluster, h))
+    running = frozenset(h.name for h in reachable if etcd_hosts.member_process_running(access, cluster, h))
     calico = read_calico_config(access)
     return EtcdFacts(members=state.members, leader_id=state.leader_id, unhealthy=unhealthy,
                      version=min(versions, key=_version_key) if versions else "3.5.0",
-                     apiserver_etcd_servers=servers, new_hosts_with_data=with_data, unreachable=unreachable,
+                     apiserver_etcd_servers=servers, new_hosts_with_data=with_data,
+                     new_hosts_running_etcd=running, unreachable=unreachable,
                      calico_endpoints=calico.endpoints, calico_configmap=calico.configmap is not None,
                      calico_hosts=tuple(calico.files))
 
@@ -507,10 +509,13 @@ class EtcdMembershipOperation(Operation):
     def change(self, cluster: Cluster, arguments: Mapping[str, str]) -> MembershipChange:
         raise NotImplementedError
 
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        self.change(inventory.cluster, arguments)
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        change = self.change(cluster, arguments)  # bad names refused before any host is asked
+        change = self.change(cluster, arguments)
         facts = read_facts(access, change)
         after = inventory.model_copy(update={"cluster": cluster_after(cluster, change)})
         inventory_after = dump_inventory(after)

@@ -31,7 +31,7 @@ import httpx
 
 from kubeha.errors import InputError
 from kubeha.etcd.gateway import EtcdMember, member_label
-from kubeha.model import Cluster, EtcdTopology, Host, Role
+from kubeha.model import HOST_NAME_PATTERN, Cluster, EtcdTopology, Host, Role
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
 from kubeha.render.controlplane import ETCD_CLIENT_PORT
 
@@ -63,6 +63,7 @@ class EtcdFacts:
     version: str = "3.5.0"  # the lowest version any member runs
     apiserver_etcd_servers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # master -> --etcd-servers
     new_hosts_with_data: frozenset[str] = frozenset()  # NEW hosts whose data dir holds a member
+    new_hosts_running_etcd: frozenset[str] = frozenset()  # NEW hosts where an etcd process runs
     calico_endpoints: tuple[str, ...] | None = None  # calico on the etcd datastore: its endpoints
     calico_configmap: bool = False  # they are in kube-system/calico-config
     calico_hosts: tuple[str, ...] = ()  # hosts with an /etc/calico/calicoctl.cfg naming them
@@ -77,6 +78,7 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         if not eq or not old.strip() or not new.strip():
             raise InputError(f"--replace {text!r}: each item must be OLD=NEW, like master1=spare1")
         pairs.append((old.strip(), new.strip()))
+    refuse_non_names([name for pair in pairs for name in pair])
     return pairs
 
 
@@ -84,7 +86,17 @@ def parse_hosts(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise InputError("name at least one host")
+    refuse_non_names(names)
     return names
+
+
+def refuse_non_names(names: Sequence[str]) -> None:
+    """InputError for names that no inventory can hold (it would show them as typed: a control
+    character in one could break the line); quoted, so that what was typed shows."""
+    bad = [name for name in dict.fromkeys(names) if not re.fullmatch(HOST_NAME_PATTERN, name)]
+    if bad:
+        raise InputError(f"{', '.join(map(repr, bad))}: not a host name (lowercase letters, digits and '-'), "
+                         "so not a host of the inventory")
 
 
 def _host(cluster: Cluster, name: str, reasons: list[str]) -> Host | None:
@@ -195,12 +207,8 @@ def refusals(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, *, ev
     for host in change.removes:
         if live_member(facts.members, cluster, host) is None:
             reasons.append(f"{host.name} ({peer_url(cluster, host)}) is not in etcd's member list")
-    for host in change.adds:
-        if live_member(facts.members, cluster, host) is not None:
-            reasons.append(f"{host.name} ({peer_url(cluster, host)}) is in etcd's member list already")
-        if host.name in facts.new_hosts_with_data:
-            reasons.append(f"{host.name} already holds etcd data in {cluster.paths.etcd_data_dir}: it is or was "
-                           "a member of a cluster; move that data away first")
+    reasons += [why for host in change.adds for check in (member_already, member_elsewhere)
+                if (why := check(cluster, host, facts))]
     for name, why in facts.unreachable.items():
         reasons.append(f"{name} is not reachable over SSH: {why}")
     final = len(voters) + len(change.adds) - len(change.removes)
@@ -214,6 +222,31 @@ def refusals(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, *, ev
     if cluster.masters and not cluster_after(cluster, change).etcd_members:
         reasons.append("the change would leave the inventory without etcd members")
     return reasons
+
+
+def member_already(cluster: Cluster, host: Host, facts: EtcdFacts) -> str | None:
+    """Why joining ``host`` is no change: etcd lists its peer URL, or a member of its name."""
+    if live_member(facts.members, cluster, host) is not None:
+        return f"{host.name} ({peer_url(cluster, host)}) is in etcd's member list already"
+    namesake = next((m for m in facts.members if m.name == host.name), None)
+    if namesake is not None:
+        return (f"the etcd member at {', '.join(namesake.peer_urls)} has the name {host.name} already: remove it "
+                "first, or fix the inventory's address")
+    return None
+
+
+def member_elsewhere(cluster: Cluster, host: Host, facts: EtcdFacts) -> str | None:
+    """Why ``host`` cannot join: it runs an etcd or holds etcd data, yet this cluster's member
+    list does not have it: a member of another cluster (or of this one, once)."""
+    data = cluster.paths.etcd_data_dir
+    if host.name in facts.new_hosts_running_etcd:
+        return (f"{host.name} runs an etcd that is not a member of this cluster: it is a member of another "
+                f"cluster; stop it" + (f" and move {data} away" if host.name in facts.new_hosts_with_data else "")
+                + " first")
+    if host.name in facts.new_hosts_with_data:
+        return (f"{host.name} already holds etcd data in {data}: it is or was a member of a cluster; move that "
+                "data away first")
+    return None
 
 
 def _change(kind: ChangeKind, target: str, host: str | None, before: str | None, after: str | None) -> Change:
@@ -460,7 +493,7 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
 __all__ = [
     "CAUGHT_UP", "ETCD_HEALTHY", "accept_later_values", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
     "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "leads", "live_member",
-    "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals",
+    "member_already", "member_elsewhere", "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals", "refuse_non_names",
     "snapshot_step",
     "supports_learners",
 ]

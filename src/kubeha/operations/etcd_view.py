@@ -20,6 +20,7 @@ from kubeha.etcd.quorum import can_promote, can_remove, quorum
 from kubeha.lb.apply import vip_holding
 from kubeha.lb.drain import BackendStates, backend_states
 from kubeha.model import Cluster
+from kubeha.operations.etcd_plan import peer_url
 from kubeha.plan import Step
 
 STATUS_TIMEOUT = 1.0
@@ -88,6 +89,31 @@ class ClusterView:
     @functools.cached_property
     def vip_holders(self) -> tuple[str, ...]:
         return self.read_vip_holders()
+
+    def observed(self) -> dict[str, object]:
+        """What this look saw, by host name, for the journal (``kubeha audit`` compares it with
+        the simulator's model): etcd's voters, learners, healthy members and leader; and,
+        where the checks read them, the apiservers in every load balancer and the VIP's
+        holders. No addresses of clients, no file contents."""
+        by_peer = {peer_url(self.cluster, h): h.name for h in self.cluster.hosts}
+        state = self.etcd
+
+        def host_of(member: EtcdMember) -> str:
+            return next((by_peer[u] for u in member.peer_urls if u in by_peer), member.name)
+
+        look: dict[str, object] = {}
+        if state.error is None:
+            look |= {"voters": sorted(host_of(m) for m in state.voters),
+                     "learners": sorted(host_of(m) for m in state.members if m.is_learner),
+                     "healthy": sorted(host_of(m) for m in state.members if state.healthy(m)),
+                     "leader": next((host_of(m) for m in state.members if m.id == state.leader_id), None)}
+        if "backends" in self.__dict__:  # read by a check of this step (cached_property)
+            servers = {s for listed in (*self.backends.haproxy.values(), *self.backends.node_proxies.values())
+                       for s in listed}
+            look["in_lbs"] = sorted(s for s in servers if self.backends.in_everywhere(s))
+        if "vip_holders" in self.__dict__:
+            look["vip_holders"] = sorted(self.vip_holders)
+        return look
 
 
 def cluster_view_factory(access: ClusterAccess) -> Callable[[], ClusterView]:

@@ -113,7 +113,7 @@ def _backup(ctx: StepContext, host: Host | str) -> Any:
 
 
 def _files_under(directory: PurePosixPath) -> Fact[list[PurePosixPath]]:
-    return Fact(f"the files under {directory}",
+    return Fact(f"files under {directory}",
                 ["sh", "-c", 'find "$1" -type f 2>/dev/null; true', "sh", str(directory)],
                 lambda stdout: [PurePosixPath(line) for line in stdout.splitlines() if line])
 
@@ -628,11 +628,13 @@ class MasterViewOperation(EtcdMembershipOperation):
 class _MasterOperation(MasterViewOperation):
     adding: bool
 
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        master_change(inventory.cluster, arguments.get("host") or "", self.adding)
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        name = arguments.get("host") or ""
-        host, change = master_change(cluster, name, self.adding)  # refused before any host is asked
+        host, change = master_change(cluster, arguments.get("host") or "", self.adding)
         facts = read_facts(access, change)
         if host.name in access.connect_errors:
             facts = replace(facts, unreachable={**facts.unreachable, host.name: str(access.connect_errors[host.name])})
@@ -689,10 +691,16 @@ class MigrateMasters(MasterViewOperation):
 
     name = "migrate-masters"
 
+    def _pairs(self, cluster: Cluster, arguments: Mapping[str, str]) -> list[tuple[Host, Host]]:
+        return migration_pairs(cluster, parse_pairs(arguments.get("replace") or ""))
+
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        self._pairs(inventory.cluster, arguments)
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        pairs = migration_pairs(cluster, parse_pairs(arguments.get("replace") or ""))  # refused before any host is asked
+        pairs = self._pairs(cluster, arguments)
         facts = read_facts(access, migration_change(cluster, pairs))
         unreachable = {h.name: str(access.connect_errors[h.name]) for pair in pairs for h in pair
                        if h.name in access.connect_errors}

@@ -31,7 +31,8 @@ from kubeha.model import Cluster, EtcdTopology, Host, Role
 from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER, file_of
 from kubeha.operations.etcd_plan import (
     ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_values, client_url, cluster_after,
-    etcd_servers_after, inventory_step, leads, membership_steps, refusals, snapshot_step, supports_learners,
+    etcd_servers_after, inventory_step, leads, membership_steps, refusals, refuse_non_names, snapshot_step,
+    supports_learners,
 )
 from kubeha.operations.restart_plan import restart_step
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
@@ -75,6 +76,7 @@ def roles_after_remove(host: Host) -> tuple[str, ...]:
 def master_change(cluster: Cluster, name: str, adding: bool) -> tuple[Host, MembershipChange]:
     """The host and the etcd membership change that comes with adding or removing it as a
     master; InputError (one line) for a host that is not in the inventory or has the wrong role."""
+    refuse_non_names([name])
     try:
         host = cluster.host(name)
     except KeyError:
@@ -83,10 +85,19 @@ def master_change(cluster: Cluster, name: str, adding: bool) -> tuple[Host, Memb
         raise InputError(f"{name} is a master already")
     if not adding and not host.has(Role.MASTER):
         raise InputError(f"{name} is not a master (masters: {', '.join(h.name for h in cluster.masters) or 'none'})")
+    if not adding and (why := last_master(cluster, host)):
+        raise InputError(why)
     if adding:
         joins = Role.ETCD.value in roles_after_add(cluster, host) and not host.has(Role.ETCD)
         return host, MembershipChange(adds=(host,) if joins else ())
     return host, MembershipChange(removes=(host,) if host.has(Role.ETCD) else ())
+
+
+def last_master(cluster: Cluster, host: Host) -> str | None:
+    """Why ``host`` cannot stop being a master: it is the only one."""
+    if [m.name for m in cluster.masters] == [host.name]:
+        return f"{host.name} is the last master: add another master first"
+    return None
 
 
 def source_master(cluster: Cluster, unreachable: Mapping[str, str], leaving: str | None = None) -> Host | None:
@@ -97,12 +108,11 @@ def source_master(cluster: Cluster, unreachable: Mapping[str, str], leaving: str
 def master_refusals(cluster: Cluster, host: Host, adding: bool, change: MembershipChange,
                     facts: EtcdFacts, leader_elect: Mapping[str, str]) -> list[str]:
     """Every reason not to plan: etcd's (an even member count allowed: masters come and go
-    one at a time), no master to copy from, the last master, a component running without
-    leader election (two would act at once)."""
+    one at a time), no other master to copy from or to keep serving, a component running
+    without leader election (two would act at once)."""
     reasons = refusals(cluster, change, facts, even_ok=True)
     if source_master(cluster, facts.unreachable, None if adding else host.name) is None:
-        reasons.append("no other master is reachable over SSH" if adding or len(cluster.masters) > 1
-                       else f"{host.name} is the last master: add another master first")
+        reasons.append("no other master is reachable over SSH")
     if not adding:
         reasons += _vip_reasons(cluster, [host])
     return reasons + _leader_elect_reasons(leader_elect)
@@ -407,9 +417,10 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
             digest = rewrite.arguments["digest"]  # type: ignore[assignment]
             steps += _unique(steps, part_steps, name) + [rewrite]
     # a member staying still names the old ones in its --initial-cluster: harmless until its
-    # data dir is wiped and it joins again, at addresses that may be another machine's by then
+    # data dir is wiped and it joins again, at addresses that may be another machine's by then.
+    # With fewer than 3 members a restart stops etcd (1) or its quorum (2): the flag is left.
     members = sorted(state.etcd_members, key=lambda h: h.name not in {new.name for new in change.adds}) \
-        if change.adds else []
+        if change.adds and len(state.etcd_members) >= 3 else []
     steps += [restart_step(state, host, ETCD, flags={"initial-cluster": state.etcd_initial_cluster()})
               for host in members]
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
@@ -424,7 +435,7 @@ def _unique(earlier: Sequence[Step], steps: Sequence[Step], name: str) -> list[S
 
 
 __all__ = [
-    "COMPONENTS", "add_master_plan", "facts_after", "master_change", "master_refusals", "migrate_masters_plan",
+    "COMPONENTS", "add_master_plan", "facts_after", "last_master", "master_change", "master_refusals", "migrate_masters_plan",
     "migration_change", "migration_pairs", "remove_master_plan", "retarget", "roles_after_add", "roles_after_remove",
     "source_master", "with_roles",
 ]

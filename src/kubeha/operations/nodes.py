@@ -34,12 +34,12 @@ from kubeha.inventory import Inventory
 from kubeha.kube import KubeError, configmap_value, restart_daemonset, set_configmap_value
 from kubeha.kube import NODE_LEASE_NAMESPACE, lease_renewed, node_ready
 from kubeha.model import Cluster, Host
-from kubeha.operations.base import Operation
+from kubeha.operations.base import Operation, refuse_input
 from kubeha.operations.calico import RepointCalico, read_calico_config
 from kubeha.operations.nodes_plan import (
     KUBE_PROXY_CONFIGMAP, KUBE_PROXY_KEY, KUBE_PROXY_NAMESPACE, OPERATION, SERVER_SERVED, WITHIN_BUDGET, NodeFiles,
-    RepointFacts, RepointRequest, budget_reason, failed_nodes, is_loopback, node_hosts, parse_request, repoint_plan,
-    targets,
+    RepointFacts, RepointRequest, budget_reason, chosen_nodes, failed_nodes, is_loopback, node_hosts, parse_request,
+    repoint_plan, targets,
 )
 from kubeha.plan import Plan, Registry, Step, StepContext, StepKind, StepNotVerified, ViewFactory
 from kubeha.plan import inventory_digest, new_operation_id
@@ -76,7 +76,7 @@ def _kubelet_age_fact(cluster: Cluster) -> Fact[tuple[int, ...] | None]:
                'age=$(ps -o etimes= -p "$pid" | tr -d " "); printf "%s" "${age:--}"; '
                f'for f in {shlex.quote(str(p.kubelet_kubeconfig))} {shlex.quote(str(p.kube_proxy_kubeconfig))}; do '
                '[ -e "$f" ] && printf " %s" $((now - $(stat -c %Y "$f"))); done; echo')
-    return Fact("the kubelet's age and its kubeconfigs' ages", ["sh", "-c", command], _parse_ages)
+    return Fact("kubelet's age and its kubeconfigs' ages", ["sh", "-c", command], _parse_ages)
 
 
 def _parse_ages(stdout: str) -> tuple[int, ...] | None:
@@ -447,9 +447,12 @@ class RepointNodes(Operation):
     name = OPERATION
     registry = registry
 
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        refuse_input(self.name, chosen_nodes(inventory.cluster, parse_request(arguments))[1])
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
-        request = parse_request(arguments)  # a bad URL is refused before any host is asked
+        request = parse_request(arguments)
         facts = read_facts(access, request)
         return repoint_plan(operation_id=new_operation_id(self.name), arguments=arguments, cluster=inventory.cluster,
                             request=request, facts=facts, inventory_digest=inventory_digest(inventory_path.read_text()),

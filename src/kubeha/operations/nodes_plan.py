@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from kubeha.errors import InputError
 from kubeha.model import Cluster, Host, Layout, Role
 from kubeha.operations.calico import CONFIGMAP as CALICO_CONFIGMAP
-from kubeha.operations.etcd_plan import EtcdFacts, calico_step
+from kubeha.operations.etcd_plan import EtcdFacts, calico_step, refuse_non_names
 from kubeha.plan import Change, ChangeKind, Plan, PlanError, Step
 
 OPERATION = "repoint-nodes"
@@ -118,6 +118,7 @@ def parse_request(arguments: Mapping[str, str]) -> RepointRequest:
     server = parse_url(arguments["server"], "--server")
     etcd = tuple(parse_url(u, "--etcd endpoint") for u in str(arguments.get("etcd") or "").split(",") if u.strip())
     hosts = tuple(dict.fromkeys(h.strip() for h in str(arguments.get("hosts") or "").split(",") if h.strip()))
+    refuse_non_names(hosts)
     return RepointRequest(server=server, etcd=etcd, hosts=hosts,
                           batch=_count(arguments, "batch", DEFAULT_WORKER_BATCH, 1),
                           failure_budget=_count(arguments, "failure_budget", DEFAULT_FAILURE_BUDGET, 0),
@@ -137,23 +138,28 @@ def node_hosts(cluster: Cluster) -> tuple[Host, ...]:
 # ---- which nodes, in which batches ------------------------------------------------------------
 
 
+def chosen_nodes(cluster: Cluster, request: RepointRequest) -> tuple[list[Host], list[str]]:
+    """The nodes the request names (default: every node) and every reason a name is wrong:
+    pure, so that a bad name is refused before any host is asked."""
+    nodes = node_hosts(cluster)
+    if not request.hosts:
+        return list(nodes), []
+    known = {h.name: h for h in cluster.hosts}
+    chosen, reasons = [], []
+    for name in request.hosts:
+        host = known.get(name)
+        if host is None:
+            reasons.append(f"{name} is not a host of the inventory")
+        elif host not in nodes:
+            reasons.append(f"{name} is neither a master nor a worker: it runs no kubelet")
+        else:
+            chosen.append(host)
+    return chosen, reasons
+
+
 def targets(cluster: Cluster, request: RepointRequest, facts: RepointFacts) -> tuple[list[Host], list[str]]:
     """The nodes to repoint and every reason the request cannot be planned."""
-    reasons: list[str] = []
-    nodes = node_hosts(cluster)
-    if request.hosts:
-        known = {h.name: h for h in cluster.hosts}
-        chosen = []
-        for name in request.hosts:
-            host = known.get(name)
-            if host is None:
-                reasons.append(f"{name} is not a host of the inventory")
-            elif host not in nodes:
-                reasons.append(f"{name} is neither a master nor a worker: it runs no kubelet")
-            else:
-                chosen.append(host)
-    else:
-        chosen = list(nodes)
+    chosen, reasons = chosen_nodes(cluster, request)
     picked = []
     for host in chosen:
         if host.name in facts.unreachable:
@@ -295,6 +301,6 @@ def repoint_plan(*, operation_id: str, arguments: Mapping[str, str], cluster: Cl
 __all__ = [
     "DEFAULT_FAILURE_BUDGET", "DEFAULT_NODE_TIMEOUT", "DEFAULT_WORKER_BATCH", "KUBE_PROXY_CONFIGMAP",
     "KUBE_PROXY_KEY", "KUBE_PROXY_NAMESPACE", "NodeFiles", "OPERATION", "RepointFacts", "RepointRequest",
-    "SERVER_SERVED", "WITHIN_BUDGET", "batches", "budget_reason", "configmap_step", "failed_nodes", "is_loopback", "node_hosts",
+    "SERVER_SERVED", "WITHIN_BUDGET", "batches", "budget_reason", "chosen_nodes", "configmap_step", "failed_nodes", "is_loopback", "node_hosts",
     "parse_request", "parse_url", "refusals", "repoint_plan", "targets",
 ]

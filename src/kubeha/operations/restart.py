@@ -19,14 +19,14 @@ from kubeha.inventory import Inventory
 from kubeha.lb.drain import backend_states, put_back, take_out
 from kubeha.model import Cluster, Host
 from kubeha.operations import components
-from kubeha.operations.base import Operation
+from kubeha.operations.base import Operation, refuse_input
 from kubeha.operations.etcd import MoveLeader, move_leadership_off, step_member
 from kubeha.operations.etcd_plan import ETCD_HEALTHY, LB_SPARE, VIP_HELD, live_member
 from kubeha.operations.etcd_view import (
     cluster_view_factory, etcd_healthy, lb_spare, majority_while_down, read_etcd_state, vip_held,
 )
 from kubeha.operations.restart_plan import (
-    MAJORITY_WHILE_DOWN, parse_components, parse_timeout, restart_hosts, rolling_restart_plan,
+    MAJORITY_WHILE_DOWN, parse_components, parse_timeout, restart_hosts, restart_refusals, rolling_restart_plan,
 )
 from kubeha.plan import Plan, Registry, StepContext, StepKind, StepNotVerified, ViewFactory
 from kubeha.plan import inventory_digest, new_operation_id
@@ -117,12 +117,18 @@ class RollingRestart(Operation):
     name = "rolling-restart"
     registry = registry
 
+    def _request(self, cluster: Cluster, arguments: Mapping[str, str]) -> tuple[tuple[str, ...], list[Host], float]:
+        chosen = parse_components(arguments.get("component"))
+        return chosen, restart_hosts(cluster, chosen, arguments.get("host")), parse_timeout(arguments.get("timeout"))
+
+    def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
+        chosen, hosts, _ = self._request(inventory.cluster, arguments)
+        refuse_input(self.name, restart_refusals(inventory.cluster, chosen, hosts, unhealthy_members=()))
+
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        chosen = parse_components(arguments.get("component"))  # bad input refused before any host is asked
-        hosts = restart_hosts(cluster, chosen, arguments.get("host"))
-        timeout = parse_timeout(arguments.get("timeout"))
+        chosen, hosts, timeout = self._request(cluster, arguments)
         leader_host, unhealthy = None, []
         if components.ETCD in chosen:
             state = read_etcd_state(access.etcd())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from kubeha.errors import InputError
+from kubeha.errors import InputError, as_typed
 from kubeha.model import Cluster, Host
 from kubeha.operations.components import (
     APISERVER, DEFAULT_RESTART, ETCD, RESTART_TIMEOUT, RESTARTABLE, drains_apiserver, file_of, runs_as_static_pod,
@@ -33,7 +33,7 @@ def parse_components(text: str | None) -> tuple[str, ...]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in RESTARTABLE]
     if unknown or not names:
-        raise InputError(f"cannot restart {', '.join(unknown) or 'nothing'}: name one or more of "
+        raise InputError(f"cannot restart {', '.join(map(as_typed, unknown)) or 'nothing'}: name one or more of "
                          f"{', '.join(RESTARTABLE)}")
     return tuple(c for c in RESTARTABLE if c in names)
 

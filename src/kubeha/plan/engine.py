@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from kubeha.errors import KubehaError
 from kubeha.plan.errors import (
-    ClusterLockLost, EngineRefused, OperationInterrupted, PlanError, RollbackStopped, StepFailed, StepNotVerified, rollback_command,
+    ClusterLockLost, EngineRefused, JournalWrittenBack, OperationInterrupted, PlanError, RollbackStopped, StepFailed,
+    StepNotVerified, rollback_command,
 )
 from kubeha.plan.journal import Journal, RunAction, RunOutcome, StepOutcome, StepRecord
 from kubeha.plan.kinds import Registry, StepContext, StepKind, ViewFactory
@@ -117,6 +118,7 @@ _RUN_OUTCOMES: dict[type[KubehaError], RunOutcome] = {
     OperationInterrupted: RunOutcome.INTERRUPTED,
     RollbackStopped: RunOutcome.ROLLBACK_STOPPED,
     ClusterLockLost: RunOutcome.INTERRUPTED,
+    JournalWrittenBack: RunOutcome.INTERRUPTED,
 }
 
 
@@ -218,6 +220,10 @@ class _Run:
         self.current = step
         if self.lock_check is not None:
             self.lock_check()
+        # a journal deleted under the run was written back; whatever removed it may strike again
+        written_back = self.journal.check_on_disk()
+        if written_back is not None:
+            raise JournalWrittenBack(self.op, step.id, *map(str, written_back))
         if self.interrupt.requested:
             raise OperationInterrupted(self.op, f"before {doing} step {step.id}")
 
@@ -237,16 +243,21 @@ class _Run:
     def _apply_step(self, step: Step, kind: StepKind) -> None:
         self._progress("checking", step)
         ctx = self._context(step)
-        if kind.is_done(ctx):
+        try:
+            done = kind.is_done(ctx)
+        except Exception as e:  # a look that failed (a host unreachable) decides nothing: as a check that cannot judge
+            self._refuse(step, [f"whether it is done already: could not look: {describe(e)}"])
+        if done:
             with self._record(step) as record_id:
                 self._finish(record_id, step, StepOutcome.SKIPPED_ALREADY_DONE, message="already done on the cluster")
             return
         reasons = self.registry.reasons(step, kind, ctx)
         if reasons:
-            with self._record(step) as record_id:
-                self._finish(record_id, step, StepOutcome.REFUSED, message="; ".join(reasons))
-            raise EngineRefused(self.op, step.id, reasons)
+            self._refuse(step, reasons)
         with self._record(step) as record_id:
+            observed = getattr(ctx.view, "observed", None)  # what the look saw, for `kubeha audit`
+            if observed is not None:
+                self.journal.record_observation(record_id, observed())
             attempt = _Attempt()
             try:
                 self._carry_out(step, kind, ctx, attempt)
@@ -255,6 +266,11 @@ class _Run:
                 self._finish(record_id, step, outcome, retries=attempt.retries, message=cause, backups=ctx.backups)
                 raise StepFailed(self.op, step.id, cause, rolled_back=outcome is StepOutcome.ROLLED_BACK) from e
             self._finish(record_id, step, StepOutcome.DONE, retries=attempt.retries, backups=ctx.backups)
+
+    def _refuse(self, step: Step, reasons: list[str]) -> NoReturn:
+        with self._record(step) as record_id:
+            self._finish(record_id, step, StepOutcome.REFUSED, message="; ".join(reasons))
+        raise EngineRefused(self.op, step.id, reasons)
 
     def _carry_out(self, step: Step, kind: StepKind, ctx: StepContext, attempt: _Attempt) -> None:
         """Apply and verify, trying again on the kind's retryable errors."""

@@ -26,6 +26,28 @@ class JournalError(KubehaError):
     """The journal could not be opened, read or written, or does not know the operation."""
 
 
+class UnknownOperation(JournalError):
+    """The journal holds no record of the operation (deleted, or another journal)."""
+
+
+class JournalWrittenBack(JournalError):
+    """The journal file was deleted or replaced during a run: kubeha wrote the copy it had open
+    back to disk and stopped before the next step."""
+
+    def __init__(self, operation_id: str, step_id: str, journal: str, written_to: str) -> None:
+        self.operation_id = operation_id
+        self.written_to = written_to
+        if written_to == journal:
+            said = (f"the journal {journal} was deleted during the run: kubeha wrote it back from the copy it "
+                    f"had open and stopped before step {step_id}; find what removes files there, then continue "
+                    f"with {resume_command(operation_id)}")
+        else:
+            said = (f"the journal {journal} was replaced during the run: kubeha kept its own record in "
+                    f"{written_to} and stopped before step {step_id}; continue with "
+                    f"{resume_command(operation_id)} --journal {written_to}")
+        super().__init__(said)
+
+
 class OperationLocked(KubehaError):
     """Another kubeha process on this machine is running the same operation."""
 

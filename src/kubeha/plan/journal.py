@@ -14,6 +14,11 @@ file contents or credentials. The file is created 0600 in a 0700 directory.
 ``lock`` keeps two kubeha processes on this machine from running the same operation: an
 flock on a file beside the journal, which the kernel releases when the holder dies, even
 by SIGKILL, so a crash never leaves a stale lock.
+
+A journal file deleted (or replaced) while a run has it open is written back from the copy
+the run still has open before its next write: SQLite would refuse that write ("readonly
+database"), and the record of what the run did would be lost with the process.
+``check_on_disk`` tells the engine, which then stops before the next step.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kubeha.plan.errors import JournalError, OperationLocked, PlanError
+from kubeha.plan.errors import JournalError, OperationLocked, PlanError, UnknownOperation
 from kubeha.plan.model import Plan
 from kubeha.plan.secrets import one_line
 
@@ -66,6 +71,10 @@ CREATE TABLE IF NOT EXISTS steps (
     message TEXT NOT NULL DEFAULT '',
     backups TEXT NOT NULL DEFAULT '[]',
     UNIQUE (operation_id, step_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS observations (
+    record_id INTEGER PRIMARY KEY REFERENCES steps(record_id),
+    look_json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS probes (
     run_id INTEGER PRIMARY KEY REFERENCES runs(run_id),
@@ -143,6 +152,15 @@ def default_journal_path() -> Path:
     return Path(state) / "kubeha" / "journal.sqlite"
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, None if there is none: which file the path names."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -154,16 +172,52 @@ def _time(value: str | None) -> datetime | None:
 class Journal:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path else default_journal_path()
+        self._written_back: tuple[Path, Path] | None = None  # (from, to), since check_on_disk last said so
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Created 0600 before SQLite opens it, so it is never readable by others, not even briefly.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(self.path, 0o600)
-            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db = self._connect(self.path)
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise JournalError(f"cannot open the journal {self.path}: {e}") from e
+        self._opened = _file_identity(self.path)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def check_on_disk(self) -> tuple[Path, Path] | None:
+        """(the journal's path, where it was written back) if its file was deleted or replaced
+        while open since the last call; None when it stayed in place."""
+        self._keep_on_disk()
+        written, self._written_back = self._written_back, None
+        return written
+
+    def _keep_on_disk(self) -> None:
+        """Write the open copy back to ``path`` if the file there is gone (beside it if another
+        file took its place: that one is not ours to overwrite), and go on with that file."""
+        if _file_identity(self.path) == self._opened:
+            return
+        target = self.path if not self.path.exists() else self.path.with_name(f"{self.path.name}.pid{os.getpid()}")
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            copy = sqlite3.connect(target)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            reopened = self._connect(target)
+        except (OSError, sqlite3.Error) as e:
+            raise JournalError(f"the journal {self.path} was deleted or replaced during the run and cannot be "
+                               f"written back to {target}: {e}") from e
+        self._db.close()
+        self._written_back = (self._written_back[0] if self._written_back else self.path, target)
+        self._db, self.path, self._opened = reopened, target, _file_identity(target)
 
     def close(self) -> None:
         self._db.close()
@@ -177,6 +231,7 @@ class Journal:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction: all of it is stored, or none."""
+        self._keep_on_disk()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -231,7 +286,7 @@ class Journal:
     def plan(self, operation_id: str) -> Plan:
         rows = self._read("SELECT plan_json FROM operations WHERE operation_id = ?", operation_id)
         if not rows:
-            raise JournalError(f"the journal {self.path} knows no operation {operation_id}")
+            raise UnknownOperation(f"the journal {self.path} knows no operation {operation_id}")
         return Plan.from_json(rows[0]["plan_json"], f"the journaled plan of {operation_id}")
 
     def operation_ids(self) -> list[str]:
@@ -266,6 +321,19 @@ class Journal:
                 "UPDATE steps SET finished = ?, outcome = ?, retries = ?, message = ?, backups = ? "
                 "WHERE record_id = ?",
                 (_now(), outcome.value, retries, one_line(message), json.dumps(list(backups)), record_id))
+
+    def record_observation(self, record_id: int, look: Mapping[str, Any]) -> None:
+        """What the fresh look before step attempt ``record_id`` saw (a JSON object of names and
+        states, never secrets): ``kubeha audit`` compares it with the simulator's model."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO observations (record_id, look_json) VALUES (?, ?)",
+                       (record_id, json.dumps(dict(look), sort_keys=True)))
+
+    def observations(self, operation_id: str) -> dict[int, dict[str, Any]]:
+        """Each step attempt's observation, by record id."""
+        return {row["record_id"]: json.loads(row["look_json"]) for row in self._read(
+            "SELECT o.record_id, o.look_json FROM observations o JOIN steps s ON s.record_id = o.record_id "
+            "WHERE s.operation_id = ?", operation_id)}
 
     def runs(self, operation_id: str) -> list[RunRecord]:
         return [

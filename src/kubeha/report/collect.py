@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kubeha.checks import CheckResult
-from kubeha.errors import InputError
+from kubeha.errors import InputError, as_typed
 from kubeha.plan import Journal
 from kubeha.probe.summary import ProbeRecord
 from kubeha.report.html import OperationReport, RunProbe
@@ -26,11 +26,16 @@ def read_timeline(path: Path) -> list[ProbeRecord]:
     return records
 
 
+def known_operation(journal: Journal, operation_id: str) -> None:
+    """InputError (one line) unless the journal has the operation."""
+    if operation_id not in journal.operation_ids():
+        raise InputError(f"the journal {journal.path} has no operation {as_typed(operation_id)}: "
+                         "`kubeha journal` lists the ones it has")
+
+
 def operation_report(journal: Journal, operation_id: str, *, checks: Sequence[CheckResult] | None = None,
                      check_error: str | None = None) -> OperationReport:
-    if operation_id not in journal.operation_ids():
-        raise InputError(f"the journal {journal.path} has no operation {operation_id}: "
-                         "`kubeha journal` lists the ones it has")
+    known_operation(journal, operation_id)
     probes, notes = {}, []
     for stored in journal.probes(operation_id):
         timeline = Path(stored.timeline_path) if stored.timeline_path else None
