@@ -384,6 +384,7 @@ def test_two_runs_at_once_the_second_refused_by_the_cluster_lock(lab, inventory_
         plan = lost.plan(loser_id)
         assert lost.steps(loser_id) == [] and lost.runs(loser_id) == []  # refused before any step
     assert said.startswith(f"cluster is locked by operation {winner_id} (") and "\n" not in said, said
+    assert said.endswith(f"then: kubeha resume {loser_id}"), said
     case = Case(lab, inventory_path, tmp_path / loser, "two-runs", "two rolling restarts started together", plan)
     case.started, case.lb_before, case.stops = started, before, [said]
     case.resume()  # the refused run's plan is in its journal

@@ -33,7 +33,7 @@ from kubeha.operations import Operation, operation
 from kubeha.operations.simulator import StepVerdict, models
 from kubeha.operations.verify import refuse_unsafe, verify_plan
 from kubeha.plan import (
-    Journal, JournalError, Plan, PlanError, Progress, RunAction, RunRecord, RunResult, StepOutcome,
+    ClusterLocked, Journal, JournalError, Plan, PlanError, Progress, RunAction, RunRecord, RunResult, StepOutcome,
     StepRecord, UnknownOperation, default_journal_path, engine, inventory_digest, plan_json, plan_markdown, plan_text,
     steps_to_undo,
 )
@@ -418,6 +418,9 @@ def run_operation(action: RunAction, plan: Plan, op: Operation, inventory: Inven
                     result = engine.rollback(operation_id, op.registry, view_factory, journal, **hooks)
             if action is not RunAction.ROLLBACK:
                 left = _left_to_do(op, access, plan, inventory)
+        except ClusterLocked as e:  # this run did nothing; its plan is journaled (apply records it first)
+            again = "kubeha resume" if action is RunAction.APPLY else f"kubeha {action.value}"
+            stopped = ClusterLocked(f"{e}; then: {again} {operation_id}")
         except KubehaError as e:
             stopped = e
         finally:
