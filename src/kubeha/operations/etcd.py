@@ -321,9 +321,11 @@ class RepointApiserver(StepKind):
         return _flag_value(ctx.step.arguments["etcd_servers"])
 
     def is_done(self, ctx: StepContext) -> bool:
+        access = _access(ctx)
+        if not access.cluster.host(str(ctx.step.arguments["host"])).has(Role.MASTER):
+            return True  # a later step of the plan retired this master (a resumed migration): nothing to repoint
         # a later step's list counts too: resume must not go back to an earlier one
         accepted = [_flag_value(servers) for servers in ctx.step.arguments.get("accepted") or [ctx.step.arguments["etcd_servers"]]]  # type: ignore[union-attr]
-        access = _access(ctx)
         return apiserver.flag_in_effect(access, access.cluster, _host(ctx), "etcd-servers", accepted)
 
     def apply(self, ctx: StepContext) -> None:
