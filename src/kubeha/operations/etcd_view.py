@@ -19,7 +19,7 @@ from kubeha.etcd.gateway import EtcdClient, EtcdMember, EtcdStatus, member_label
 from kubeha.etcd.quorum import can_promote, can_remove, quorum
 from kubeha.lb.apply import vip_holding
 from kubeha.lb.drain import BackendStates, backend_states
-from kubeha.model import Cluster
+from kubeha.model import Cluster, VirtualIP
 from kubeha.operations.etcd_plan import peer_url
 from kubeha.plan import Step
 
@@ -128,12 +128,13 @@ def cluster_view_factory(access: ClusterAccess) -> Callable[[], ClusterView]:
     return look
 
 
-def vip_holders(access: ClusterAccess, cluster: Cluster) -> tuple[str, ...]:
-    """The LB hosts that hold the VIP now; a host that cannot be asked is not counted."""
-    if cluster.vip is None:
+def vip_holders(access: ClusterAccess, cluster: Cluster, vip: VirtualIP | None = None) -> tuple[str, ...]:
+    """The LB hosts that hold ``vip`` (default: the cluster's VIP) now; a host that cannot be
+    asked is not counted."""
+    vip = vip or cluster.vip
+    if vip is None:
         return ()
-    return tuple(name for name, outcome in vip_holding(access, cluster.vip).items()
-                 if outcome.error is None and outcome.value)
+    return tuple(name for name, outcome in vip_holding(access, vip).items() if outcome.error is None and outcome.value)
 
 
 # ---- safety checks: (view, step) -> reason | None -------------------------------------------

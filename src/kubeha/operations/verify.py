@@ -4,10 +4,10 @@ plan played through it (``kubeha plan ... --verify`` and `kubeha apply` before t
 from __future__ import annotations
 
 from kubeha.access import ClusterAccess
-from kubeha.lb.apply import vip_holding
 from kubeha.operations.endpoint import read_endpoint_facts
 from kubeha.operations.etcd import read_facts
 from kubeha.operations.etcd_plan import MembershipChange
+from kubeha.operations.etcd_view import vip_holders
 from kubeha.operations.nodes import read_nodes_files
 from kubeha.operations.nodes_plan import node_hosts
 from kubeha.operations.simulator import ApiFacts, StepVerdict, model_from_facts, simulate, touches_api, violations
@@ -18,8 +18,7 @@ def read_api_facts(access: ClusterAccess) -> ApiFacts:
     """Who holds each VIP, and what each reachable node's kubelet and kube-proxy and each
     master's kubeconfigs name (a host that cannot be read is left out of the model)."""
     cluster = access.cluster
-    holders = {str(vip.address): next((h for h, held in vip_holding(access, vip).items() if held.ok and held.value), None)
-               for vip in cluster.vips}
+    holders = {str(vip.address): next(iter(vip_holders(access, cluster, vip)), None) for vip in cluster.vips}
     nodes, _ = read_nodes_files(access, [h for h in node_hosts(cluster) if h.name not in access.connect_errors])
     endpoint = read_endpoint_facts(access)
     return ApiFacts(vip_holders=holders, nodes={name: files.servers for name, files in nodes.items()},
