@@ -7,6 +7,8 @@ run moves all three."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
@@ -80,6 +82,24 @@ def test_the_masters_move_to_the_spares_without_a_failed_request(lab, inventory_
     migrate_stopped_once_and_resumed(lab, inventory_path, tmp_path, monkeypatch, ALL)
 
 
+def shown_the_model_of_every_step(inventory_path, tmp_path, replace: str, old_address: str) -> None:
+    """`kubeha plan migrate-masters --verify` on the live cluster prints the simulator's model
+    after every step: etcd, the LBs, the VIP's holder, clients naming what goes away."""
+    shown = subprocess.run([sys.executable, "-m", "kubeha.cli", "plan", "migrate-masters", "--replace", replace,
+                            "--verify", "-i", str(inventory_path), "--journal", str(tmp_path / "verify.sqlite")],
+                           capture_output=True, text=True, timeout=180)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    print(shown.stdout)
+    lines = shown.stdout.split("simulated, step by step")[1].splitlines()[1:]
+    steps = [line for line in lines if not line.startswith("    ")]
+    assert "refused:" not in shown.stdout and len(steps) >= 20, shown.stdout
+    assert all("voters " in line and "apiservers in the LBs:" in line and "; VIP " in line for line in steps), steps
+    # clients naming the old master (the worker, its control plane) are said until they move
+    assert old_address in steps[0].partition("named but served no more after a later step:")[2], steps[0]
+    new = sorted(pair.split("=")[1] for pair in replace.split(","))
+    assert all(name in steps[-1].split("apiservers in the LBs:")[1] for name in new), steps[-1]
+
+
 def migrate_stopped_once_and_resumed(lab, inventory_path, tmp_path, monkeypatch, pairs: dict[str, str]) -> None:
     cluster = load_inventory(inventory_path).cluster
     old_addresses = [str(cluster.host(old).address) for old in pairs]
@@ -91,7 +111,9 @@ def migrate_stopped_once_and_resumed(lab, inventory_path, tmp_path, monkeypatch,
     with ClusterAccess(load_inventory(inventory_path)) as access:
         wait_for(lambda: node_ready(access.kube(), worker.kube_node_name), 60, f"{worker.name} Ready")
     before = workloads(inventory_path)
-    plan = make_plan(inventory_path, "migrate-masters", {"replace": ",".join(f"{o}={n}" for o, n in pairs.items())})
+    replace = ",".join(f"{o}={n}" for o, n in pairs.items())
+    shown_the_model_of_every_step(inventory_path, tmp_path, replace, old_addresses[0])
+    plan = make_plan(inventory_path, "migrate-masters", {"replace": replace})
     # it is pointed at the VIP before any master goes
     repoint = next(s for s in plan.steps if s.kind == "node-kubeconfig-server")
     assert repoint.hosts == (worker.name,) and repoint.arguments["server"] == cluster.endpoint

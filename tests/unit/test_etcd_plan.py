@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers.plans import facts_for, lab_cluster, member, plan_for
+from helpers.plans import facts_for, lab_cluster, member, plan_for, topology
 
 from kubeha.errors import InputError
 from kubeha.etcd.gateway import EtcdMember, EtcdStatus
@@ -239,3 +239,10 @@ def test_a_repoint_of_a_master_a_later_step_retired_counts_as_done():
 
     ctx = StepContext(plan=plan, step=step, view=None, cluster=Access())
     assert registry.kind("apiserver-etcd-servers").is_done(ctx)
+
+
+def test_a_change_that_restarts_the_only_apiserver_is_refused():
+    cluster = topology(masters=1, etcd=3, stacked=False, lbs=0, workers=1)
+    facts = facts_for(cluster, apiserver_etcd_servers={"master1": cluster.etcd_client_urls()})
+    with pytest.raises(PlanError, match="the apiserver on master1, the only one, must restart.*add a master first"):
+        plan_for(cluster, adds=["spare1"], removes=["etcd1"], facts=facts)

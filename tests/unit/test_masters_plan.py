@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers.plans import facts_for, lab_cluster, master_plan as plan, member, migrate
+from helpers.plans import facts_for, lab_cluster, master_plan as plan, member, migrate, topology
 
 from kubeha.errors import InputError
 from kubeha.model import Host, Layout, Role
@@ -40,9 +40,25 @@ def test_an_apiserver_naming_every_member_names_the_new_one_too():
     urls = tuple(f"https://{h.address}:2379" for h in cluster.etcd_members)
     p = plan(cluster, "spare1", True, facts_for(cluster, apiserver_etcd_servers={m.name: urls for m in cluster.masters}))
     assert p.step("start-kube-apiserver-spare1").arguments["etcd_servers"] == [*urls, "https://10.0.0.21:2379"]
-    # the running apiservers learn of the new member too, one at a time
-    assert [s.id for s in p.steps if s.kind == "apiserver-etcd-servers"] == [
+    # the running apiservers learn of the new member too, one at a time, once the new one serves
+    ids = [s.id for s in p.steps]
+    assert ids[ids.index("into-rotation-spare1") + 1:][:3] == [
         "repoint-apiserver-master1", "repoint-apiserver-master2", "repoint-apiserver-master3"]
+
+
+def test_the_others_are_repointed_off_a_leaving_master_while_it_still_serves():
+    """With two masters, the one staying restarts while the leaving one is still in rotation."""
+    cluster = topology(masters=2, etcd=3, stacked=False, lbs=0, workers=1)
+    facts = facts_for(cluster, apiserver_etcd_servers={m.name: cluster.etcd_client_urls() for m in cluster.masters})
+    stacked = topology(masters=2, etcd=0, stacked=True, lbs=0, workers=1)
+    stacked_facts = facts_for(stacked, apiserver_etcd_servers={
+        m.name: stacked.etcd_client_urls() for m in stacked.masters})
+    p = plan(stacked, "master1", False, stacked_facts)
+    ids = [s.id for s in p.steps]
+    assert ids.index("repoint-apiserver-master2") < ids.index("out-of-rotation-master1")
+    assert p.step("repoint-apiserver-master2").arguments["etcd_servers"] == ["https://10.0.1.2:2379"]
+    for c, f, name in ((cluster, facts, "master1"), (stacked, stacked_facts, "master2")):
+        assert violations(simulate(plan(c, name, False, f), c, model_from_facts(c, f))) == []
 
 
 def test_removing_a_master_goes_out_of_rotation_first_and_its_node_last():

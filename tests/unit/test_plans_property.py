@@ -60,24 +60,6 @@ def some(draw, names: list[str], most: int) -> list[str]:
     return draw(st.lists(st.sampled_from(names), max_size=most, unique=True)) if names else []
 
 
-# What these tests found the planners do, left for the planners to refuse or avoid (each: when,
-# and what the simulator says): with one apiserver (one master; remove-master down to one), a
-# plan restarts it to read the new etcd members; without a VIP, a new master's kubelet (copied from
-# a master naming itself) names its own apiserver before it runs.
-OUTAGE = ("no apiserver is ready behind the load balancers", "127.0.0.1, which nothing serves", "below the quorum of",
-          "is down: move leadership off it first")
-KNOWN_GAPS = (
-    (lambda world, plan: len(world.cluster.masters) - (plan.operation == "remove-master") <= 1, OUTAGE),
-    (lambda world, plan: plan.operation == "add-master" and world.cluster.vip is None, ("which nothing serves",)),
-)
-
-
-def known_gap(world: World, plan, found: list[str]) -> bool:
-    """Whether the gaps that apply to this world and plan (one or several) say every violation."""
-    said = [s for applies, says in KNOWN_GAPS if applies(world, plan) for s in says]
-    return all(any(s in why for s in said) for why in found)
-
-
 def passes_or_is_refused(world: World, make) -> None:
     try:
         plan = make()
@@ -85,8 +67,7 @@ def passes_or_is_refused(world: World, make) -> None:
         assert str(e) and "\n" not in str(e), repr(e)
         return
     found = violations(verdicts_of(world.cluster, plan, world.facts, world.api))
-    assert found == [] or known_gap(world, plan, found), (plan.operation, plan.arguments,
-                                                          [s.id for s in plan.steps], found)
+    assert found == [], (plan.operation, plan.arguments, [s.id for s in plan.steps], found)
 
 
 @CASES

@@ -351,6 +351,7 @@ def leads(cluster: Cluster, facts: EtcdFacts, host: Host) -> bool:
 
 
 CALICO = "calico"  # the consumer key of calico's etcd endpoints, beside the masters' names
+CONSUMER_KINDS = ("apiserver-etcd-servers", "calico-etcd-endpoints")  # steps repointing a consumer
 
 
 def membership_steps(cluster: Cluster, change: MembershipChange, facts: EtcdFacts, after: Cluster,
@@ -484,6 +485,10 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
     keeper = next((m for m in cluster.masters if m not in change.removes), cluster.masters[0] if cluster.masters else None)
     steps = [snapshot_step(operation_id, keeper, snapshot_dir)]
     steps += membership_steps(cluster, change, facts, after, learners)
+    if len(cluster.masters) == 1 and any(s.kind == "apiserver-etcd-servers" for s in steps):
+        raise PlanError(f"{operation} refused: the apiserver on {cluster.masters[0].name}, the only one, must "
+                        "restart to name the new etcd members and the API would be down meanwhile; add a master "
+                        "first (kubeha add-master HOST)")
     steps.append(inventory_step(inventory_path, inventory_digest, inventory_after, inventory_after_digest,
                                 "the new etcd members"))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
@@ -491,7 +496,7 @@ def membership_plan(*, operation: str, operation_id: str, arguments: Mapping[str
 
 
 __all__ = [
-    "CAUGHT_UP", "ETCD_HEALTHY", "accept_later_values", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
+    "CAUGHT_UP", "CONSUMER_KINDS", "ETCD_HEALTHY", "accept_later_values", "EtcdFacts", "inventory_step", "LB_SPARE", "MAJORITY_AFTER", "MembershipChange", "NOT_LEADER",
     "NO_OTHER_LEARNER", "VIP_HELD", "client_url", "cluster_after", "etcd_servers_after", "leads", "live_member",
     "member_already", "member_elsewhere", "membership_change", "membership_plan", "membership_steps", "parse_hosts", "parse_pairs", "peer_url", "refusals", "refuse_non_names",
     "snapshot_step",

@@ -207,12 +207,14 @@ class CopyMasterFiles(StepKind):
         own |= {p.etcd_server.cert, p.etcd_server.key, p.etcd_peer.cert, p.etcd_peer.key} - {
             p.etcd_client.cert, p.etcd_client.key}
         pki = [path for path in _pki_files(access, cluster, source) if path not in own]
-        kubeconfigs = [p.admin_kubeconfig, p.controller_manager_kubeconfig, p.scheduler_kubeconfig,
-                       p.kube_proxy_kubeconfig]
+        kubeconfigs = [p.admin_kubeconfig, p.controller_manager_kubeconfig, p.scheduler_kubeconfig]
         kubelet_files = render_kubelet(after, after.host(host.name))
-        found = _read_files(access, source, [*pki, *kubeconfigs, p.kubelet_kubeconfig, *(f.path for f in kubelet_files)])
+        found = _read_files(access, source, [*pki, *kubeconfigs, p.kube_proxy_kubeconfig, p.kubelet_kubeconfig,
+                                             *(f.path for f in kubelet_files)])
+        # the node's clients name what the source's name, even the source itself: they run
+        # before the new apiserver does (kubeadm's join does so too)
         files: dict[PurePosixPath, tuple[bytes, int | None]] = {
-            path: pair for path in pki if (pair := found[path]) is not None}
+            path: pair for path in (*pki, p.kube_proxy_kubeconfig) if (pair := found[path]) is not None}
         auth = load_authorities(access, source)
         # the names of the source and of masters leaving with this operation are not the new one's
         gone = [source, *(cluster.host(str(n)) for n in ctx.step.arguments.get("leaving") or [])]  # type: ignore[union-attr]
@@ -229,7 +231,7 @@ class CopyMasterFiles(StepKind):
             raise HostError(f"{source.name} has no {p.kubelet_kubeconfig} to take the kubelet's server from")
         server = kubeconfig_credentials(kubelet[0].decode(), f"{source.name}:{p.kubelet_kubeconfig}").server
         kc = client_cert(auth, kubelet_identity(host))
-        text = render_kubeconfig(cluster_name=cluster.name, server=retarget(server, source, host),
+        text = render_kubeconfig(cluster_name=cluster.name, server=server,
                                  ca_pem=auth.ca.cert_pem, client_cert_pem=kc.cert_pem, client_key_pem=kc.key_pem,
                                  user=kubelet_identity(host)[0])
         files[p.kubelet_kubeconfig] = (text.encode(), KEY_MODE)

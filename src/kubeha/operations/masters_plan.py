@@ -3,16 +3,18 @@
 A new master is made from an existing one (the *source*) the way an operator copies a
 master: its PKI (the CAs, the service-account key, the client certs), its kubeconfigs, its
 kubelet files and its control-plane manifests or units, with the source's address and name
-replaced by the new host's; its own apiserver cert is reissued with the new host's SANs and
+replaced by the new host's (not in the kubelet's and kube-proxy's servers: they run before the
+new apiserver does, so they name what the source's name); its own apiserver cert is reissued with the new host's SANs and
 its kubelet gets a client cert of its own. Then, one step at a time:
 
 add: files -> every load balancer lists it, out of rotation -> kubelet started, Node
 registered and marked like the source's (labels, taints, cordon) -> etcd member joined
 (stacked etcd: learner, started, promoted) -> apiserver started and ready -> into rotation
-everywhere -> controller-manager, scheduler -> inventory.
+everywhere -> other apiservers repointed at the new member -> controller-manager, scheduler
+-> inventory.
 
-remove: out of rotation everywhere -> scheduler, controller-manager, apiserver stopped ->
-etcd member leaves (consumers repointed first, leadership moved off it) -> gone from every
+remove: other consumers repointed off its member -> out of rotation everywhere -> scheduler,
+controller-manager, apiserver stopped -> etcd member leaves (leadership moved off it) -> gone from every
 load balancer's config -> kubelet stopped, Node deleted -> inventory (the host stays, with
 no role).
 """
@@ -30,7 +32,7 @@ from kubeha.etcd.gateway import EtcdMember
 from kubeha.model import Cluster, EtcdTopology, Host, Role
 from kubeha.operations.components import APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER, file_of
 from kubeha.operations.etcd_plan import (
-    ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_values, client_url, cluster_after,
+    CONSUMER_KINDS, ETCD_HEALTHY, LB_SPARE, VIP_HELD, EtcdFacts, MembershipChange, accept_later_values, client_url, cluster_after,
     etcd_servers_after, inventory_step, leads, membership_steps, refusals, refuse_non_names, snapshot_step,
     supports_learners,
 )
@@ -274,23 +276,35 @@ def _add_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: Et
                if current else None)
     steps = [_files_step(cluster, host, source, roles, leaving), _lb_config_step(cluster, host, roles, True),
              _kubelet_step(cluster, host, source, roles, True)]
-    steps += _tagged(membership_steps(cluster, change, facts, cluster_after(cluster, change),
-                                      supports_learners(facts.version)), host, roles)
+    joins, repoints = _consumers_apart(membership_steps(cluster, change, facts, cluster_after(cluster, change),
+                                                        supports_learners(facts.version)))
+    steps += _tagged(joins, host, roles)
     steps.append(_component_step(after, host, source, APISERVER, roles, True, servers))
     steps.append(_rotation_step(after, host, roles, True))
+    # the others restart to name the new member only once the new apiserver serves: with one
+    # master, its restart would otherwise leave no apiserver at all
+    steps += repoints
     steps += [_component_step(after, host, source, c, roles, True) for c in (CONTROLLER_MANAGER, SCHEDULER)]
     return steps
+
+
+def _consumers_apart(steps: Sequence[Step]) -> tuple[list[Step], list[Step]]:
+    """``steps`` of a membership change split into the member's own and the consumers' repoints."""
+    repoint = [s for s in steps if s.kind in CONSUMER_KINDS]
+    return [s for s in steps if s not in repoint], repoint
 
 
 def _remove_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: EtcdFacts) -> list[Step]:
     """``host`` stops being a master: out of rotation to its files gone (no snapshot, no inventory)."""
     roles = roles_after_remove(host)
-    steps = [_rotation_step(cluster, host, roles, False)]
-    steps += [_component_step(cluster, host, None, c, roles, False) for c in reversed(COMPONENTS)]
-    # its own apiserver is stopped: only the other consumers are repointed off its member
+    # its own apiserver stops: only the other consumers are repointed off its member, and
+    # while it still serves (with two masters, the other's restart would otherwise leave none)
     others = {m: urls for m, urls in facts.apiserver_etcd_servers.items() if m != host.name}
-    steps += membership_steps(cluster, change, replace(facts, apiserver_etcd_servers=others),
-                              cluster_after(cluster, change), supports_learners(facts.version))
+    leave, repoints = _consumers_apart(membership_steps(cluster, change, replace(facts, apiserver_etcd_servers=others),
+                                                        cluster_after(cluster, change), supports_learners(facts.version)))
+    steps = [*repoints, _rotation_step(cluster, host, roles, False)]
+    steps += [_component_step(cluster, host, None, c, roles, False) for c in reversed(COMPONENTS)]
+    steps += leave
     steps += [_lb_config_step(cluster, host, roles, False), _kubelet_step(cluster, host, None, roles, False),
               _remove_files_step(cluster, host, roles)]
     return steps

@@ -168,14 +168,15 @@ def _members(model: ControlPlaneModel) -> frozenset[str]:
 
 
 def _copied(model: ControlPlaneModel, client: Callable[[str], str], source: str, host: str,
-            cluster: Cluster) -> dict[str, frozenset[str]]:
+            cluster: Cluster, retargeted: bool = True) -> dict[str, frozenset[str]]:
     """The clients with ``host``'s naming what the same client of ``source`` names,
-    ``source``'s address replaced by ``host``'s (a new master's files are copied so)."""
+    ``source``'s address replaced by ``host``'s when ``retargeted`` (a new master's files
+    are copied so; its kubelet's server is not: its own apiserver does not run yet)."""
     copied = model.clients.get(client(source)) if source else None
     if copied is None:
         return dict(model.clients)
     old, new = str(cluster.host(source).address), str(cluster.host(host).address)
-    return {**model.clients, client(host): frozenset(new if a == old else a for a in copied)}
+    return {**model.clients, client(host): frozenset(new if a == old and retargeted else a for a in copied)}
 
 
 def _without(clients: Mapping[str, frozenset[str]], key: str) -> dict[str, frozenset[str]]:
@@ -214,7 +215,7 @@ def _api_effect(model: ControlPlaneModel, step: Step, cluster: Cluster) -> tuple
                             vips={a: heir if h == host else h for a, h in model.vips.items()})
         return after, after
     if kind == "master-node":
-        clients = (_copied(model, _node, str(args.get("source", "")), host, cluster) if args.get("start")
+        clients = (_copied(model, _node, str(args.get("source", "")), host, cluster, False) if args.get("start")
                    else _without(model.clients, _node(host)))
         after = replace(model, clients=clients)
         return after, after
