@@ -75,10 +75,11 @@ def fault_table(cases: list[FaultCase]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def docs_with_table(text: str, table: str) -> str:
-    before, _, rest = text.partition(START)
+def docs_with_table(text: str, table: str, start: str = START) -> str:
+    """``text`` with the table between ``start`` and the end marker replaced by ``table``."""
+    before, _, rest = text.partition(start)
     _, _, after = rest.partition(END)
-    return before + START + table + END + after
+    return before + start + table + END + after
 
 
 def write_docs() -> None:

@@ -17,7 +17,7 @@ from rich.rule import Rule
 from kubeha.access import ClusterAccess
 from kubeha.checks import gather_snapshot, run_checks, summary
 from kubeha.cli.check import print_check_table
-from kubeha.cli.operations import make_plan, run_operation
+from kubeha.cli.operations import make_plan, run_operation, verified
 from kubeha.cli.report import check_for_report, write_report
 from kubeha.errors import InputError
 from kubeha.inventory import load_inventory
@@ -40,6 +40,7 @@ def _operation(name: str, arguments: dict[str, str], inventory_path: Path, journ
     """Plan ``name``, show the plan, apply it with the probe and live progress; its id."""
     plan, inventory = make_plan(name, arguments, inventory_path)
     out.print(plan_text(plan), end="")
+    verified(plan, inventory, out, show=False)  # as `kubeha apply` does: the simulator first
     run_operation(RunAction.APPLY, plan, operation(name), inventory, journal, probe=True)
     return plan.operation_id
 

@@ -201,7 +201,8 @@ registry = masters_registry.extended(LbVips(), ApiserverSans(), ControlPlaneKube
 # ---- reading what planning needs, and the operation --------------------------------------------
 
 
-def read_endpoint_facts(access: ClusterAccess, request: EndpointRequest) -> EndpointFacts:
+def read_endpoint_facts(access: ClusterAccess, request: EndpointRequest | None = None) -> EndpointFacts:
+    """What the endpoint's clients name; with ``request`` (a change of it) also what it needs."""
     cluster = access.cluster
     p = cluster.paths
     paths = [str(p.admin_kubeconfig), str(p.controller_manager_kubeconfig), str(p.scheduler_kubeconfig)]
@@ -226,7 +227,7 @@ def read_endpoint_facts(access: ClusterAccess, request: EndpointRequest) -> Endp
                          unreachable={name: str(e) for name, e in access.connect_errors.items()},
                          vip_interfaces={h.name: _vip_interface(access, h) for h in lb_hosts},
                          keepalived={h.name: _keepalived(access, h) for h in lb_hosts},
-                         old_vip_users=_old_vip_users(access) if request.retire_san else ())
+                         old_vip_users=_old_vip_users(access) if request and request.retire_san else ())
 
 
 def _vip_interface(access: ClusterAccess, host: Host) -> tuple[IPv4Interface, ...]:
