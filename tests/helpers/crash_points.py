@@ -4,15 +4,14 @@ then looks like, to compare with an uninterrupted run's end (issue 8's crash swe
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.fault_table import RELIABILITY_MD, docs_with_table
+from helpers.fault_table import RELIABILITY_MD, docs_with_table, read_json_records
 from helpers.operations import CLI, fingerprint, make_plan, resume_cli
 
 from kubeha.inventory import load_inventory
@@ -206,14 +205,8 @@ class CrashCase:
         return f"{self.operation}--{self.layout}--{self.direction}--{self.point.replace(' ', '-')}.json"
 
 
-def write_case(case: CrashCase, results: Path = RESULTS) -> None:
-    results.mkdir(parents=True, exist_ok=True)
-    (results / case.file_name).write_text(json.dumps(asdict(case), indent=2) + "\n")
-
-
 def read_cases(results: Path = RESULTS) -> list[CrashCase]:
-    cases = [CrashCase(**json.loads(p.read_text())) for p in results.glob("*.json")]
-    return sorted(cases, key=lambda c: (c.operation, c.layout, c.direction, c.point))
+    return sorted(read_json_records(CrashCase, results), key=lambda c: (c.operation, c.layout, c.direction, c.point))
 
 
 def crash_table(cases: list[CrashCase]) -> str:

@@ -46,14 +46,19 @@ class FaultCase:
         return f"{self.fault}--{re.sub(r'[^a-z0-9]+', '-', self.case.lower()).strip('-')}.json"
 
 
-def write_record(case: FaultCase, results: Path = RESULTS) -> None:
+def write_record(case, results: Path = RESULTS) -> None:
+    """``case`` (a dataclass with a ``file_name``) as a JSON record under ``results``."""
     results.mkdir(parents=True, exist_ok=True)
     (results / case.file_name).write_text(json.dumps(asdict(case), indent=2) + "\n")
 
 
+def read_json_records(kind: type, results: Path) -> list:
+    """Every record under ``results``, as ``kind``."""
+    return [kind(**json.loads(p.read_text())) for p in results.glob("*.json")]
+
+
 def read_records(results: Path = RESULTS) -> list[FaultCase]:
-    return sorted((FaultCase(**json.loads(p.read_text())) for p in results.glob("*.json")),
-                  key=lambda c: (list(FAULTS).index(c.fault), c.case))
+    return sorted(read_json_records(FaultCase, results), key=lambda c: (list(FAULTS).index(c.fault), c.case))
 
 
 def fault_table(cases: list[FaultCase]) -> str:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import pytest
 from helpers.crash_points import (
-    chosen, crash_points, killed_and_resumed, run_whole, write_case, write_docs,
+    RESULTS, chosen, crash_points, killed_and_resumed, run_whole, write_docs,
 )
+from helpers.fault_table import write_record
 from helpers.operations import make_plan
 from test_migrate_masters import lab  # noqa: F401 (lab: a lab of this test's own)
 
@@ -51,7 +52,7 @@ def sweep(lab, inventory_path, tmp_path, operation: str, indexes, killed=("forwa
         for way, arguments in ((w, a) for w, a in ways.items() if w in killed):
             case = killed_and_resumed(lab, inventory_path, tmp_path / f"{i}-{way}", operation, arguments, way, i,
                                       seconds[way], ends[way])
-            write_case(case)
+            write_record(case, RESULTS)
             cases.append(case)
             if not case.passed:  # the cluster is not where the next case starts from
                 write_docs()
