@@ -116,14 +116,15 @@ def host_state(lab, cluster: Cluster, host: str) -> list[str]:
 
 def cluster_state(lab, inventory: Path) -> dict:
     """The etcd operation's fingerprint (members, every apiserver's --etcd-servers, the LBs,
-    the VIP holders, the inventory) with every host's state and who holds each VIP."""
+    the VIP holders, the inventory) with every host's state and how many hold each VIP."""
     cluster = load_inventory(inventory).cluster
     hosts = [h.name for h in cluster.hosts]
     state = fingerprint(inventory, hosts)
     state["hosts"] = {name: host_state(lab, cluster, name) for name in hosts}
-    state["vips"] = {str(vip.address): sorted(name for name in hosts if f"inet {vip.address}/" in
-                                              lab.on(name, ["ip", "-4", "-o", "addr", "show"]).stdout)
-                     for vip in cluster.vips}
+    # how many hosts hold each VIP (one); not which: that is keepalived's election, which a
+    # new VIP's first moments decide (its hosts have equal priorities)
+    state["vips"] = {str(vip.address): sum(f"inet {vip.address}/" in lab.on(name, ["ip", "-4", "-o", "addr", "show"]).stdout
+                                           for name in hosts) for vip in cluster.vips}
     return state
 
 

@@ -2,7 +2,7 @@
 migration, forward and back, one run per boundary; `kubeha resume` finishes each and the
 cluster ends as an uninterrupted run leaves it.
 
-Too long for the default run (about 3 minutes a boundary); the default run kills one
+Too long for the default run (about 50 s a boundary, 50 boundaries a layout); the default run kills one
 migration per layout (tests/lab/test_etcd_migrate.py). Run the sweep with
 
     scripts/test.sh -m crash_sweep tests/lab/test_etcd_resume.py

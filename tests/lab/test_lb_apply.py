@@ -22,6 +22,7 @@ from kubeha.inventory import Inventory, dump_inventory, load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab.topology import VIP_OFFSET
 from kubeha.lb import apply_lb_plan, lb_configs, plan_lb_apply, read_lb_state
+from kubeha.lb.apply import RELOAD_PENDING_DIR
 from kubeha.model import Cluster, Layout, VirtualIP
 
 pytestmark = pytest.mark.lab
@@ -150,6 +151,19 @@ def test_changed_backends_reload_haproxy_and_nginx_without_a_failed_request(lb_l
 
     restored, _ = lb_lab.apply(lb_lab.full)
     assert "reloaded haproxy" in restored
+
+
+def test_a_config_written_by_a_run_killed_before_its_reload_is_reloaded_by_the_next(lb_lab):
+    """A run SIGKILLed between writing haproxy.cfg and reloading haproxy leaves its marker:
+    the next apply finds the file as wanted and reloads haproxy all the same."""
+    lb_lab.apply(lb_lab.full)
+    marker = f"{RELOAD_PENDING_DIR}/haproxy"
+    lb_lab.lab.on("master2", ["sh", "-c", f"mkdir -p {RELOAD_PENDING_DIR} && touch {marker}"])
+    before = lb_lab.main_pid("master2", "haproxy")
+    output, _ = lb_lab.apply(lb_lab.full)
+    assert "master2: reloaded haproxy" in output and "wrote" not in output, output
+    assert lb_lab.main_pid("master2", "haproxy") == before  # reloaded, not restarted
+    assert not lb_lab.lab.paths.on_host("master2", marker).exists()
 
 
 def test_a_config_its_binary_rejects_changes_nothing_on_any_host(lb_lab, monkeypatch):

@@ -36,8 +36,10 @@ def directions(operation: str, cluster: Cluster) -> dict[str, dict[str, str]]:
     """The operation's arguments there and back again."""
     if operation == "migrate-masters":
         return {"forward": {"replace": "master1=spare1"}, "back": {"replace": "spare1=master1"}}
-    old, new = cluster.vip.address, cluster.vip.address + 50
-    return {"forward": {"vip": str(new), "retire_san": "true"}, "back": {"vip": str(old), "retire_san": "true"}}
+    # each way with its own VRRP id: left to choose, a VIP takes the next id free, another each time
+    vip = cluster.vip
+    return {"forward": {"vip": str(vip.address + 50), "vrid": str(vip.vrid % 255 + 1), "retire_san": "true"},
+            "back": {"vip": str(vip.address), "vrid": str(vip.vrid), "retire_san": "true"}}
 
 
 def sweep(lab, inventory_path, tmp_path, operation: str, indexes, killed=("forward", "back")) -> list:  # noqa: F811

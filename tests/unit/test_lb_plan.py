@@ -57,6 +57,13 @@ def test_a_stopped_service_with_a_current_config_is_started_without_a_write():
     assert plan.pending[0].describe() == "/etc/nginx/nginx.conf unchanged, start nginx"
 
 
+def test_a_service_whose_config_a_killed_run_wrote_is_reloaded_without_a_write():
+    cluster = make_cluster(1, Layout.KUBEADM)
+    running = {("m1", "haproxy"), ("m1", "keepalived"), ("w1", "nginx")}
+    plan = plan_lb_apply(cluster, _on_hosts(cluster), running, stale={("m1", "keepalived")})
+    assert _summary(plan) == [("m1", "keepalived", False, Action.RELOAD)]
+
+
 def test_dedicated_lb_hosts_run_haproxy_and_keepalived_by_priority():
     cluster = make_cluster(3, Layout.KUBEADM)
     lbs = (Host(name="lb1", address="10.77.0.41", roles={Role.LB}),

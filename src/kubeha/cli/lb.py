@@ -13,7 +13,7 @@ from rich.console import Console
 from kubeha.access import ClusterAccess
 from kubeha.errors import InputError
 from kubeha.inventory import load_inventory
-from kubeha.lb import LbPlan, apply_lb_plan, lb_configs, plan_lb_apply, read_lb_state
+from kubeha.lb import LbPlan, apply_lb_plan, lb_configs, read_lb_state
 
 app = typer.Typer(help="The VIP and the load balancers: haproxy + keepalived on the LB hosts, "
                        "the node-local nginx on the nodes.", no_args_is_help=True)
@@ -61,7 +61,7 @@ def apply(
     started = time.monotonic()
     with ClusterAccess(loaded) as access:
         state = read_lb_state(access, cluster)
-        plan = plan_lb_apply(cluster, state.files, state.running)
+        plan = state.plan(cluster)
         if json_output:
             print(json.dumps([{"host": host, "step": step.describe(), "changes": step.does_something}
                               for host, steps in plan.by_host().items() for step in steps], indent=2))

@@ -23,7 +23,7 @@ from kubeha.hosts import BackupSet, CommandFailed, HostConnection, HostOutcome
 from kubeha.hosts.facts import holds_address, ipv4_addresses_on
 from kubeha.lb.plan import (
     KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
-    install_hint, lb_configs,
+    install_hint, lb_configs, plan_lb_apply,
 )
 from kubeha.model import Cluster, Host, VirtualIP
 from kubeha.render import render_keepalived_conf
@@ -35,6 +35,10 @@ HANDOVER_PRIORITY = 254  # above every usual one (150 down): the new holder pree
 VIP_TIMEOUT = 30.0  # keepalived takes the VIP within 3 adverts (0.6 s) once its check passes
 _VIP_POLL = 0.2
 _RUNNING = ("active", "reloading")
+# A unit's name here: its config was written and the service may still run the one before
+# (set before the write, cleared once the service started or reloaded). A run killed in
+# between leaves it, and the next run reloads the service though the file is as wanted.
+RELOAD_PENDING_DIR = "/var/lib/kubeha/reload-pending"
 
 # Prints each of its arguments (a command, or an absolute path of a file) that this host lacks.
 _MISSING_SCRIPT = """for r in "$@"; do
@@ -53,6 +57,11 @@ echo "$tmp"
 class LbHostsState:
     files: dict[FileKey, bytes | None]  # every managed config as it is on its host
     running: frozenset[tuple[str, str]]  # (host, unit) of the services that are running
+    stale: frozenset[tuple[str, str]] = frozenset()  # (host, unit) maybe running an older config
+
+    def plan(self, cluster: Cluster, down: Iterable[str] = ()) -> LbPlan:
+        """What `lb apply` of ``cluster``'s configs does on the hosts as they are."""
+        return plan_lb_apply(cluster, self.files, self.running, down=tuple(down), stale=self.stale)
 
 
 @dataclass(frozen=True)
@@ -111,18 +120,22 @@ def read_lb_state(access: ClusterAccess, cluster: Cluster) -> LbHostsState:
         missing = (await conn.run(["sh", "-c", _MISSING_SCRIPT, "sh", *(what for what, _ in requirements)])
                    ).stdout.split()
         units = [c.service.unit for c in mine]
-        states, *contents = await asyncio.gather(
-            conn.run(["systemctl", "is-active", *units], check=False), *(conn.get_file(c.path) for c in mine))
+        states, pending, *contents = await asyncio.gather(
+            conn.run(["systemctl", "is-active", *units], check=False),
+            conn.run(["sh", "-c", f"ls {RELOAD_PENDING_DIR} 2>/dev/null; true"]),
+            *(conn.get_file(c.path) for c in mine))
+        running = {(conn.name, unit) for unit, state in zip(units, states.stdout.split()) if state in _RUNNING}
         return ([package for what, package in requirements if what in missing],
                 {(conn.name, c.path): content for c, content in zip(mine, contents)},
-                {(conn.name, unit) for unit, state in zip(units, states.stdout.split()) if state in _RUNNING})
+                running, {(conn.name, unit) for unit in pending.stdout.split() if unit in units})
 
     read_back = _values(access.run_all(read, hosts=list(configs)))
-    missing = {host: packages for host, (packages, _, _) in read_back.items() if packages}
+    missing = {host: packages for host, (packages, *_) in read_back.items() if packages}
     if missing:
         raise HostError(install_hint(missing))
-    return LbHostsState(files={k: v for _, files, _ in read_back.values() for k, v in files.items()},
-                        running=frozenset(r for _, _, running in read_back.values() for r in running))
+    return LbHostsState(files={k: v for _, files, _, _ in read_back.values() for k, v in files.items()},
+                        running=frozenset(r for _, _, running, _ in read_back.values() for r in running),
+                        stale=frozenset(r for *_, stale in read_back.values() for r in stale))
 
 
 def check_configs(access: ClusterAccess, configs: Iterable[ManagedConfig]) -> None:
@@ -148,7 +161,9 @@ def check_configs(access: ClusterAccess, configs: Iterable[ManagedConfig]) -> No
 async def _carry_out(conn: HostConnection, step: ServiceStep, backup: BackupSet) -> float:
     """Write the step's config if it changed, then start or reload its service; the
     action's seconds."""
+    marker = f"{RELOAD_PENDING_DIR}/{step.unit}"
     if step.changed:
+        await conn.run(["sh", "-c", f"mkdir -p {RELOAD_PENDING_DIR} && touch {marker}"])
         await conn.put_file(step.config.path, step.config.content, backup=backup)
     started = time.monotonic()
     if step.action is Action.START:
@@ -165,7 +180,9 @@ async def _carry_out(conn: HostConnection, step: ServiceStep, backup: BackupSet)
         # systemctl only says where to look: say what the service logged
         log = await conn.run(["journalctl", "-u", step.unit, "-n", "10", "--no-pager"], check=False)
         raise HostError(f"{conn.name}: `{' '.join(command)}` failed: {complaint(log.stdout)}") from e
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    await conn.run(["rm", "-f", marker])
+    return seconds
 
 
 def _done_line(step: ServiceStep, seconds: float) -> str:
@@ -241,6 +258,7 @@ class _Run:
                     self.access.run(host, ["systemctl", "disable", "--now", step.unit], check=True)
                 elif step.action is Action.RELOAD:
                     self.access.run(host, ["systemctl", "reload", step.unit], check=True)
+                    self.access.run(host, ["rm", "-f", f"{RELOAD_PENDING_DIR}/{step.unit}"], check=True)
         except HostError as e:
             return f"rolling back {host} failed too: {e}"
         return f"restored {', '.join(e.path for e in restored) or 'no file'} on {host}"

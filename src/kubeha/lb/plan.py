@@ -140,18 +140,21 @@ FileKey = tuple[str, PurePosixPath]  # (host name, path)
 
 
 def plan_lb_apply(cluster: Cluster, current_files: Mapping[FileKey, bytes | None],
-                  running: Collection[tuple[str, str]] | None = None, down: Collection[str] = ()) -> LbPlan:
+                  running: Collection[tuple[str, str]] | None = None, down: Collection[str] = (),
+                  stale: Collection[tuple[str, str]] = ()) -> LbPlan:
     """What `lb apply` does: write each config that differs from ``current_files`` (a key
     missing there counts as a missing file); start each service that is not ``running``
     ((host, unit) pairs; default: those whose config exists), reload each running one
-    whose config changes."""
+    whose config changes or that may still run an older one (``stale``: an earlier run
+    wrote its config and stopped before the reload)."""
     steps = []
     for config in lb_configs(cluster, down):
         current = current_files.get((config.host.name, config.path))
         changed = current != config.content
         is_running = (current is not None if running is None
                       else (config.host.name, config.service.unit) in running)
-        action = Action.START if not is_running else Action.RELOAD if changed else Action.NONE
+        unit = (config.host.name, config.service.unit)
+        action = Action.START if not is_running else Action.RELOAD if changed or unit in stale else Action.NONE
         steps.append(ServiceStep(config, changed, action))
     return LbPlan(cluster, tuple(steps))
 

@@ -18,7 +18,6 @@ from kubeha.hosts.facts import ipv4_addresses_on
 from kubeha.inventory import Inventory, dump_inventory
 from kubeha.kube import configmap_value, objects_naming, set_configmap_value
 from kubeha.lb.apply import VIP_TIMEOUT, read_lb_state, vip_holding
-from kubeha.lb.plan import plan_lb_apply
 from kubeha.model import Cluster, Host, Layout
 from kubeha.operations.base import refuse_input
 from kubeha.operations.endpoint_plan import (
@@ -70,7 +69,7 @@ class LbVips(StepKind):
 
     def _pending(self, access: ClusterAccess, cluster: Cluster) -> bool:
         state = read_lb_state(access, cluster)
-        return bool(plan_lb_apply(cluster, state.files, state.running).pending)
+        return bool(state.plan(cluster).pending)
 
     def is_done(self, ctx: StepContext) -> bool:
         # served as this step or a later one of the plan leaves it (a resume must not serve

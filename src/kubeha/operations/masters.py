@@ -29,7 +29,7 @@ from kubeha.kube import (
 )
 from kubeha.lb.apply import VIP_TIMEOUT, apply_lb_plan, hand_over_vip, read_lb_state, vip_holding
 from kubeha.lb.drain import backend_states, put_back, take_out, wait_ready
-from kubeha.lb.plan import node_proxy_hosts, plan_lb_apply
+from kubeha.lb.plan import node_proxy_hosts
 from kubeha.model import Cluster, Host, Role
 from kubeha.operations import components, etcd_hosts
 from kubeha.operations.base import Operation
@@ -376,7 +376,7 @@ def configure_lbs(ctx: StepContext, cluster: Cluster, down: set[str]) -> None:
     written where it differs and its service reloaded or started, each file backed up in the step's set."""
     access = step_access(ctx)
     state = read_lb_state(access, cluster)
-    plan = plan_lb_apply(cluster, state.files, state.running, down=down)
+    plan = state.plan(cluster, down)
     for config in {c.config.host.name for c in plan.pending}:
         ctx.took_backup(config, ctx.step_backup_set)
     apply_lb_plan(access, plan, operation_id=ctx.step_backup_set.operation_id)
