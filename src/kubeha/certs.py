@@ -15,7 +15,7 @@ from kubeha.errors import KubehaError
 from kubeha.hosts import BackupSet
 from kubeha.model import CertPair, Host
 from kubeha.pki import KeyAndCert, SubjectAltNames, reissue, sans_of
-from kubeha.pki.cluster import CERT_MODE, KEY_MODE, ClusterAuthorities, PkiFiles
+from kubeha.pki.cluster import CERT_MODE, ClusterAuthorities, PkiFiles
 
 
 class CertError(KubehaError):
@@ -33,7 +33,7 @@ def read_pair(access: ClusterAccess, host: Host, pair: CertPair) -> KeyAndCert:
     """The key and cert at ``pair`` on ``host``; refuses a key that does not match its cert."""
     kc = KeyAndCert(key_pem=_read(access, host, pair.key), cert_pem=_read(access, host, pair.cert))
     try:
-        matches = kc.key.public_key().public_numbers() == kc.cert.public_key().public_numbers()
+        matches = kc.matches
     except (ValueError, TypeError, AttributeError) as e:
         raise CertError(f"{host.name}: {pair.cert} or {pair.key} is not a PEM certificate/key") from e
     if not matches:
@@ -68,11 +68,11 @@ def reissue_apiserver_cert(access: ClusterAccess, host: Host, auth: ClusterAutho
                            add: SubjectAltNames = SubjectAltNames(),
                            remove: SubjectAltNames = SubjectAltNames(),
                            backup: BackupSet) -> Reissued:
-    """Reissue ``host``'s apiserver cert keeping its subject and SANs, plus ``add``, minus
-    ``remove``. The running apiserver keeps the old cert until it restarts."""
+    """Reissue ``host``'s apiserver cert keeping its subject, key and SANs, plus ``add``, minus
+    ``remove``. The running apiserver keeps the old cert until it restarts. Only the cert
+    file changes (one atomic write: a run killed mid-step never leaves a cert without its key)."""
     pair = access.cluster.paths.apiserver
     current = read_pair(access, host, pair)
-    new = reissue(auth.ca, current, add=add, remove=remove)
-    install_files(access, host, {pair.cert: (new.cert_pem, CERT_MODE), pair.key: (new.key_pem, KEY_MODE)},
-                  backup)
+    new = reissue(auth.ca, current, add=add, remove=remove, same_key=True)
+    install_files(access, host, {pair.cert: (new.cert_pem, CERT_MODE)}, backup)
     return Reissued(host=host.name, before=sans_of(current.cert_pem), after=sans_of(new.cert_pem))

@@ -10,7 +10,7 @@ A minute or two a point on kubeadm; too long for the default run, which kills on
 migrate-masters in the middle of its VIP hand-off, one way (below, not under the marker).
 The sweep:
 
-    scripts/test.sh -m crash_sweep tests/lab/test_operation_resume.py -k kubeadm
+    scripts/test.sh -m crash_sweep tests/lab/test_operation_resume.py   # -k kubeadm: one layout
 
 KUBEHA_SWEEP_POINTS=START:STOP sweeps only those points (to continue a sweep). Each case
 writes a record under tests/lab/results/crash/; the docs' table is rewritten from them.

@@ -9,7 +9,7 @@ import pytest
 
 from kubeha.errors import InputError
 from kubeha.model import Cluster, Host, Layout, Role, VirtualIP
-from kubeha.pki import SubjectAltNames, issue, new_ca, reissue, sans_of
+from kubeha.pki import KeyAndCert, SubjectAltNames, issue, new_ca, reissue, sans_of
 from kubeha.pki.cluster import (
     CERT_MODE, KEY_MODE, ClusterAuthorities, apiserver_files, apiserver_sans, ca_files, etcd_member_files,
 )
@@ -48,6 +48,10 @@ def test_reissue_keeps_subject_and_sans_and_changes_only_what_is_asked():
     assert new.subject == old.subject
     assert sans_of(new.cert_pem) == SubjectAltNames(("kubernetes",), (IPv4Address("10.0.0.1"), IPv4Address("10.0.0.200")))
     assert new.key_pem != old.key_pem
+    # for the same key (as `kubeadm certs renew`): only the cert file changes, the pair always matches
+    renewed = reissue(ca, old, add=SubjectAltNames((), (IPv4Address("10.0.0.200"),)), same_key=True)
+    assert renewed.key_pem == old.key_pem and renewed.matches and renewed.cert_pem != old.cert_pem
+    assert not KeyAndCert(key_pem=new.key_pem, cert_pem=old.cert_pem).matches
 
 
 def test_a_cert_for_nothing_is_refused():

@@ -41,6 +41,12 @@ class KeyAndCert:
         return key  # type: ignore[return-value]
 
     @property
+    def matches(self) -> bool:
+        """Whether the cert is the key's (a write of the pair cut between its two files is not)."""
+        der = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.cert.public_key().public_bytes(*der) == self.key.public_key().public_bytes(*der)
+
+    @property
     def subject(self) -> str:
         return self.cert.subject.rfc4514_string()
 
@@ -141,11 +147,12 @@ def issue(
     server: bool = False,
     client: bool = False,
     days: int = 365,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> KeyAndCert:
-    """Issue a leaf certificate signed by ``ca`` with a new key."""
+    """Issue a leaf certificate signed by ``ca`` for ``key`` (default: a new one)."""
     if not (server or client):
         raise InputError(f"certificate {common_name!r} must be for a server, a client or both")
-    key = _new_key()
+    key = key or _new_key()
     now = _now()
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -186,8 +193,9 @@ def sans_of(cert_pem: bytes) -> SubjectAltNames:
 
 
 def reissue(ca: KeyAndCert, current: KeyAndCert, *, add: SubjectAltNames = SubjectAltNames(),
-            remove: SubjectAltNames = SubjectAltNames(), days: int = 365) -> KeyAndCert:
-    """A new cert for the same subject and usages, its SANs changed by ``add`` and ``remove``."""
+            remove: SubjectAltNames = SubjectAltNames(), days: int = 365, same_key: bool = False) -> KeyAndCert:
+    """A new cert for the same subject and usages, its SANs changed by ``add`` and ``remove``;
+    for ``current``'s key with ``same_key`` (as `kubeadm certs renew`), else a new one."""
     cert = current.cert
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     orgs = tuple(a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
@@ -201,4 +209,5 @@ def reissue(ca: KeyAndCert, current: KeyAndCert, *, add: SubjectAltNames = Subje
         server=ExtendedKeyUsageOID.SERVER_AUTH in usages,
         client=ExtendedKeyUsageOID.CLIENT_AUTH in usages,
         days=days,
+        key=current.key if same_key else None,
     )
