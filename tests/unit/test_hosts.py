@@ -397,3 +397,16 @@ def test_silent_port_times_out_as_unreachable(sshd, settings):
 
         with pytest.raises(HostUnreachable, match=r"^h1: no SSH answer from .* within 0.5 s; "):
             asyncio.run(main())
+
+
+def test_a_write_whose_bytes_were_cut_short_leaves_the_target_as_it_was(tmp_path):
+    """The sender SIGKILLed mid-transfer closes stdin: the script sees an early end of file."""
+    from kubeha.hosts.files import install_command
+    target = tmp_path / "apiserver.crt"
+    target.write_bytes(b"old whole file\n")
+    cut = subprocess.run(install_command(str(target), "/dev/stdin", 0o644, None, size=100), input=b"-----BEGIN",
+                         capture_output=True)
+    assert cut.returncode == 1 and b"received 10 of 100 bytes" in cut.stderr
+    assert target.read_bytes() == b"old whole file\n" and [p.name for p in tmp_path.iterdir()] == ["apiserver.crt"]
+    whole = subprocess.run(install_command(str(target), "/dev/stdin", 0o644, None, size=10), input=b"-----BEGIN")
+    assert whole.returncode == 0 and target.read_bytes() == b"-----BEGIN"

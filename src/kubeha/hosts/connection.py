@@ -298,7 +298,8 @@ class HostConnection(OpenedWhileUsed):
 
     async def _install(self, path: str, source: str, mode: int | None, owner: str | None,
                        what: str, content: bytes | None = None) -> None:
-        await self._execute(files.install_command(path, source, mode, owner), what, input=content)
+        size = None if content is None else len(content)
+        await self._execute(files.install_command(path, source, mode, owner, size), what, input=content)
 
     async def _back_up(self, paths: Sequence[str], backup: BackupSet) -> None:
         """Save each file as it is now, unless this operation already did (the first save is

@@ -20,7 +20,8 @@ _IF_EXISTS = f'[ -e "$1" ] || exit {MISSING}; '
 
 # Write $2 (a file, or /dev/stdin) to the target $1 atomically: a temp file in the same
 # directory, fsync, mode $3 and owner $4 (default: those of the file it replaces, else
-# 644 and the running user), rename over the target, fsync the directory. mktemp makes
+# 644 and the running user), rename over the target, fsync the directory; with $5, only
+# when exactly that many bytes came (else the target is left as it was). mktemp makes
 # the temp file 0600, so a key is never readable by others on its way in.
 _INSTALL = """set -e
 dir=$(dirname -- "$1")
@@ -28,6 +29,10 @@ mkdir -p -- "$dir"
 tmp=$(mktemp -- "$dir/.kubeha-XXXXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
 dd if="$2" of="$tmp" bs=65536 conv=fsync status=none
+# stdin cut short (the sender killed mid-transfer) ends like a whole file: count the bytes
+if [ -n "$5" ] && [ "$(stat -c %s -- "$tmp")" != "$5" ]; then
+  echo "received $(stat -c %s -- "$tmp") of $5 bytes: the transfer was cut, $1 left as it was" >&2; exit 1
+fi
 mode=$3 owner=$4
 if [ -e "$1" ]; then
   [ -n "$mode" ] || mode=$(stat -c %a -- "$1")
@@ -93,5 +98,9 @@ def parse_saved(stdout: str) -> list[FileStat | None]:
     return [None if line.strip() == "-" else parse_stat(line) for line in stdout.splitlines() if line.strip()]
 
 
-def install_command(target: str, source: str, mode: int | None, owner: str | None) -> list[str]:
-    return _sh(_INSTALL, target, source, "" if mode is None else format(mode, "o"), owner or "")
+def install_command(target: str, source: str, mode: int | None, owner: str | None,
+                    size: int | None = None) -> list[str]:
+    """Put ``source``'s bytes at ``target`` atomically (a temporary file renamed over it);
+    with ``size``, only when exactly that many bytes came (stdin from a sender that may die)."""
+    return _sh(_INSTALL, target, source, "" if mode is None else format(mode, "o"), owner or "",
+               "" if size is None else str(size))
