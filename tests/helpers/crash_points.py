@@ -217,7 +217,8 @@ def crash_table(cases: list[CrashCase]) -> str:
     for operation, layout in dict.fromkeys((c.operation, c.layout) for c in cases):
         mine = [c for c in cases if (c.operation, c.layout) == (operation, layout)]
         points = sum({c.direction: c.points for c in mine}.values())
-        failed = "; ".join(f"{c.direction} {c.point}: {c.message}" for c in mine if not c.passed) or "-"
+        failed = "; ".join(f"{c.direction} {c.point}: {' / '.join(c.message.splitlines())}"
+                           for c in mine if not c.passed) or "-"
         dates = ", ".join(sorted({c.date for c in mine}))
         lines.append(f"| {operation} | {layout} | {points} | {len(mine)} | {sum(c.passed for c in mine)} "
                      f"| {dates} | {failed} |")
