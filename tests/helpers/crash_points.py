@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.fault_table import RELIABILITY_MD, docs_with_table, read_json_records
-from helpers.operations import CLI, fingerprint, make_plan, resume_cli
+from helpers.operations import CLI, apply_killed_at, fingerprint, make_plan, resume_cli
 
 from kubeha.inventory import load_inventory
 from kubeha.model import Cluster
 from kubeha.operations.components import RESTART_ANNOTATION
-from kubeha.plan import Journal, Plan, StepOutcome
+from kubeha.plan import Journal, Plan
 
 
 @dataclass(frozen=True)
@@ -52,37 +52,6 @@ def step_seconds(journal: Path, operation_id: str) -> dict[str, float]:
     with Journal(journal) as records:
         return {r.step_id: (r.finished - r.started).total_seconds() for r in records.steps(operation_id)
                 if r.finished is not None}
-
-
-def _records(journal: Path, operation_id: str, step_id: str) -> list:
-    if not journal.exists():
-        return []
-    with Journal(journal) as records:
-        return [r for r in records.steps(operation_id) if r.step_id == step_id]
-
-
-def apply_killed(plan_file: Path, plan: Plan, point: CrashPoint, inventory: Path, journal: Path,
-                 seconds: dict[str, float]) -> str:
-    """`kubeha apply` SIGKILLed at ``point``: once its step finished, or half its uninterrupted
-    duration (``seconds``) after it started. What happened: "killed", or "ended first"."""
-    process = subprocess.Popen([*CLI, "apply", str(plan_file), "--yes", "--no-probe", "-i", str(inventory),
-                                "--journal", str(journal)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        while process.poll() is None:
-            records = _records(journal, plan.operation_id, point.step)
-            done = any(r.outcome in (StepOutcome.DONE, StepOutcome.SKIPPED_ALREADY_DONE) for r in records)
-            if (point.during and records) or (not point.during and done):
-                if point.during:
-                    time.sleep(seconds.get(point.step, 0.0) / 2)
-                process.kill()
-                process.wait()
-                return "killed"
-            time.sleep(0.02)
-        return "ended first"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 _STATE_SCRIPT = r"""
@@ -123,8 +92,9 @@ def cluster_state(lab, inventory: Path) -> dict:
     state["hosts"] = {name: host_state(lab, cluster, name) for name in hosts}
     # how many hosts hold each VIP (one); not which: that is keepalived's election, which a
     # new VIP's first moments decide (its hosts have equal priorities)
-    state["vips"] = {str(vip.address): sum(f"inet {vip.address}/" in lab.on(name, ["ip", "-4", "-o", "addr", "show"]).stdout
-                                           for name in hosts) for vip in cluster.vips}
+    addresses = [lab.on(name, ["ip", "-4", "-o", "addr", "show"]).stdout for name in hosts]
+    state["vips"] = {str(vip.address): sum(f"inet {vip.address}/" in shown for shown in addresses)
+                     for vip in cluster.vips}
     return state
 
 
@@ -168,8 +138,10 @@ def killed_and_resumed(lab, inventory: Path, workdir: Path, operation: str, argu
     journal = workdir / "journal.sqlite"
     started = time.monotonic()
     message = ""
-    if (happened := apply_killed(plan_file, plan, point, inventory, journal, seconds)) != "killed":
-        message = f"the run {happened}"
+    # in the middle of a step: half its uninterrupted duration after it started
+    after_start = seconds.get(point.step, 0.0) / 2 if point.during else None
+    if not apply_killed_at(plan_file, plan.operation_id, point.step, inventory, journal, after_start):
+        message = "the run ended first"
     elif (resumed := resume_cli(plan.operation_id, inventory, journal)).returncode != 0:
         message = f"kubeha resume failed: {(resumed.stdout + resumed.stderr).strip()[-600:]}"
     elif diff := differences(cluster_state(lab, inventory), want):

@@ -281,22 +281,29 @@ def rollback_cli(operation_id: str, inventory: Path, journal: Path) -> subproces
     return _cli("rollback", operation_id, "--yes", "--no-probe", "-i", str(inventory), "--journal", str(journal))
 
 
-def _finished(journal_path: Path, operation_id: str, step_id: str) -> bool:
+def step_records(journal_path: Path, operation_id: str, step_id: str) -> list:
+    """The journal's records of one step (none while the journal does not exist yet)."""
     if not journal_path.exists():
-        return False
+        return []
     with Journal(journal_path) as journal:
-        return any(r.step_id == step_id and r.outcome in (StepOutcome.DONE, StepOutcome.SKIPPED_ALREADY_DONE)
-                   for r in journal.steps(operation_id))
+        return [r for r in journal.steps(operation_id) if r.step_id == step_id]
 
 
-def apply_killed_at(plan_file: Path, operation_id: str, boundary: str, inventory: Path, journal: Path) -> bool:
-    """`kubeha apply` SIGKILLed as soon as the journal shows ``boundary`` finished; False if
-    the run ended first."""
+def apply_killed_at(plan_file: Path, operation_id: str, step: str, inventory: Path, journal: Path,
+                    after_start: float | None = None) -> bool:
+    """`kubeha apply` SIGKILLed as soon as the journal shows ``step`` finished, or (with
+    ``after_start``) that many seconds after it shows the step started; False if the run
+    ended first."""
     process = subprocess.Popen([*CLI, "apply", str(plan_file), "--yes", "--no-probe", "-i", str(inventory),
                                 "--journal", str(journal)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         while process.poll() is None:
-            if _finished(journal, operation_id, boundary):
+            records = step_records(journal, operation_id, step)
+            if after_start is None:
+                due = any(r.outcome in (StepOutcome.DONE, StepOutcome.SKIPPED_ALREADY_DONE) for r in records)
+            elif due := bool(records):
+                time.sleep(after_start)
+            if due:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 return True

@@ -14,11 +14,11 @@ over labs run side by side (each with its own KUBEHA_LAB_ID).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers.crash_points import chosen
 from helpers.operations import fingerprint, make_plan, migrate_killed_and_resumed
 
 pytestmark = [pytest.mark.lab, pytest.mark.crash_sweep]
@@ -32,12 +32,6 @@ def _boundaries(inventory: Path, replace: str) -> list[str]:
     return [s.id for s in make_plan(inventory, "etcd-migrate", {"replace": replace}).steps[:-1]]
 
 
-def _chosen(indexes: range) -> range:
-    """The slice of boundary indexes KUBEHA_SWEEP_BOUNDARIES names (all by default)."""
-    start, _, stop = os.environ.get("KUBEHA_SWEEP_BOUNDARIES", ":").partition(":")
-    return indexes[slice(int(start) if start else None, int(stop) if stop else None)]
-
-
 def test_every_killed_migration_resumes_to_the_same_cluster(lab, tmp_path):
     inventory = tmp_path / "cluster.yaml"
     shutil.copy(lab.paths.inventory, inventory)
@@ -46,7 +40,7 @@ def test_every_killed_migration_resumes_to_the_same_cluster(lab, tmp_path):
     tried = passed = 0
     failures = []
     count = len(_boundaries(inventory, FORWARD))
-    for i in _chosen(range(count)):
+    for i in chosen(list(range(count)), "KUBEHA_SWEEP_BOUNDARIES"):
         for replace in (FORWARD, BACK):
             # planned anew each time: the order depends on which member leads etcd now
             boundaries = _boundaries(inventory, replace)

@@ -290,8 +290,7 @@ def _add_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: Et
 
 def _consumers_apart(steps: Sequence[Step]) -> tuple[list[Step], list[Step]]:
     """``steps`` of a membership change split into the member's own and the consumers' repoints."""
-    repoint = [s for s in steps if s.kind in CONSUMER_KINDS]
-    return [s for s in steps if s not in repoint], repoint
+    return [s for s in steps if s.kind not in CONSUMER_KINDS], [s for s in steps if s.kind in CONSUMER_KINDS]
 
 
 def _remove_steps(cluster: Cluster, host: Host, change: MembershipChange, facts: EtcdFacts) -> list[Step]:
