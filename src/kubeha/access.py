@@ -169,6 +169,12 @@ class ClusterAccess:
         self._kube_files: tuple[str, str, str] | None = None
         self._clients: list[Callable[[], None]] = []  # close() of every client handed out
 
+    def sibling(self) -> ClusterAccess:
+        """Another access (not yet open) to the same cluster with the same settings and its
+        own SSH connections and loop: for work that must not wait behind this one's."""
+        return ClusterAccess(self.inventory, self._settings.trust_new_host_keys,
+                             prefer_tunnel=self.prefer_tunnel, etcd_endpoints=self.etcd_endpoints)
+
     def use_inventory(self, inventory: Inventory) -> None:
         """Go on with ``inventory``: the same hosts, roles changed by an operation that
         rewrote the inventory midway, so that what follows sees the cluster as it is now."""

@@ -12,8 +12,8 @@ import pytest
 from helpers.render_clusters import cluster, make_cluster, run_in_namespaces  # noqa: F401
 
 from kubeha.lb.drain import (
-    _HAPROXY_API_SCRIPT, _SET_AND_WAIT_SCRIPT, BackendStates, HaproxyServer, parse_node_proxy_rotation, parse_show_stat,
-    refusal,
+    _HAPROXY_API_SCRIPT, _SET_AND_WAIT_SCRIPT, BackendStates, HaproxyServer, NodeProxyServer, _new_confs,
+    parse_node_proxy_rotation, parse_node_proxy_servers, parse_show_stat, refusal,
 )
 from kubeha.model import Cluster, Layout
 from kubeha.render import render_node_proxy_conf
@@ -70,6 +70,18 @@ def test_down_adds_one_word_to_that_server_line_only():
     assert len(plain.splitlines()) == len(marked.splitlines())
 
 
+def test_a_drain_keeps_the_servers_a_node_proxy_lists_not_the_inventorys_masters():
+    # migrate-masters lists a new master (n1, out of rotation until it is ready) in every
+    # node proxy before the inventory names it a master; draining m1 then must keep n1 listed
+    kubeasz = make_cluster(3, Layout.KUBEASZ)
+    listed = [(m.name, str(m.address), 6443) for m in kubeasz.masters] + [("n1", "10.77.0.21", 6443)]
+    before = render_node_proxy_conf(kubeasz, listed).encode()
+    assert parse_node_proxy_servers(before.decode())[-1] == NodeProxyServer("n1", "10.77.0.21", 6443, True)
+    out = _new_confs(kubeasz, {"w1": before}, lambda down: down | {"m1"})["w1"]
+    assert parse_node_proxy_rotation(out.decode()) == {"m1": False, "m2": True, "m3": True, "n1": True}
+    assert _new_confs(kubeasz, {"w1": out}, lambda down: down - {"m1"}) == {"w1": before}
+
+
 def test_a_conf_with_down_servers_passes_nginx_test(tmp_path: Path):
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_node_proxy_conf(make_cluster(3, Layout.KUBEADM), down=["m1", "m2"]))
@@ -123,6 +135,7 @@ def test_an_up_server_with_a_failed_check_still_counts_as_serving():
     assert refusal(states, "master1") is None
     assert states.ready_servers("lb1") == {"master1", "master2"}
     assert not states.in_everywhere("master2")  # its checks are not all passing
+    assert states.serving_everywhere("master2") and not states.serving_everywhere("master3")
 
 
 def test_the_last_server_in_rotation_of_a_node_proxy_is_not_taken_out():

@@ -134,17 +134,31 @@ def parse_show_stat(text: str, backend: str = HAPROXY_BACKEND) -> dict[str, Hapr
             if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND")}
 
 
-_NGINX_SERVER = re.compile(r"^\s*server\s+\S+(?P<params>[^;#]*);\s*#\s*(?P<name>\S+)\s*$")
+_NGINX_SERVER = re.compile(
+    r"^\s*server\s+(?P<address>\S+?):(?P<port>\d+)(?P<params>[^;#]*);\s*#\s*(?P<name>\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class NodeProxyServer:
+    """A named server line of a rendered node-local nginx.conf."""
+
+    name: str
+    address: str
+    port: int
+    in_rotation: bool  # not marked ``down``
+
+
+def parse_node_proxy_servers(text: str) -> tuple[NodeProxyServer, ...]:
+    """The named servers of a rendered node-local nginx.conf, in the file's order."""
+    matches = (_NGINX_SERVER.match(line) for line in text.splitlines())
+    return tuple(NodeProxyServer(m.group("name"), m.group("address"), int(m.group("port")),
+                                 "down" not in m.group("params").split())
+                 for m in matches if m)
 
 
 def parse_node_proxy_rotation(text: str) -> dict[str, bool]:
     """The named servers of a rendered node-local nginx.conf: name -> in rotation (not ``down``)."""
-    rotation = {}
-    for line in text.splitlines():
-        match = _NGINX_SERVER.match(line)
-        if match:
-            rotation[match.group("name")] = "down" not in match.group("params").split()
-    return rotation
+    return {server.name: server.in_rotation for server in parse_node_proxy_servers(text)}
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,12 @@ class BackendStates:
         load balancer that does not know the server counts as out."""
         return (all(servers.get(server, "MAINT") in OUT_STATES for servers in self.haproxy.values())
                 and not any(servers.get(server, False) for servers in self.node_proxies.values()))
+
+    def serving_everywhere(self, server: str) -> bool:
+        """Sent new connections by every haproxy (UP, a failed check or not) and in rotation in
+        every node proxy: what clients see, with a check that failed once under load left out."""
+        return (all(server in self.ready_servers(lb) for lb in self.haproxy)
+                and all(servers.get(server, False) for servers in self.node_proxies.values()))
 
     def in_everywhere(self, server: str) -> bool:
         """UP (every check passing) in every haproxy and in rotation in every node proxy."""
@@ -270,18 +290,19 @@ def backend_states(access: ClusterAccess, cluster: Cluster) -> BackendStates:
     return _read_states(access, cluster)[0]
 
 
-def _master_names(cluster: Cluster, server: str) -> set[str]:
+def _require_master(cluster: Cluster, server: str) -> None:
     names = {m.name for m in cluster.masters}
     if server not in names:
         raise InputError(f"{server} is not a master of cluster {cluster.name} "
                          f"(masters: {', '.join(sorted(names)) or 'none'})")
-    return names
 
 
-def _new_confs(cluster: Cluster, files: Mapping[str, bytes | None], masters: set[str],
+def _new_confs(cluster: Cluster, files: Mapping[str, bytes | None],
                change: Callable[[set[str]], set[str]]) -> dict[str, bytes]:
     """Each proxy host's nginx.conf with ``change`` applied to its set of ``down`` servers;
-    only the hosts where it differs from ``files``."""
+    only the hosts where it differs from ``files``. The servers stay the ones the file
+    lists: a drain moves a server in or out of rotation, never adds or drops one (an
+    operation adding a master lists it before the inventory names it a master)."""
     missing = [h for h, c in files.items() if c is None]
     if missing:
         raise HostError(f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no "
@@ -289,9 +310,10 @@ def _new_confs(cluster: Cluster, files: Mapping[str, bytes | None], masters: set
     wanted = {}
     for host, content in files.items():
         assert content is not None
-        down = {s for s, in_ in parse_node_proxy_rotation(content.decode("utf-8", "replace")).items()
-                if not in_} & masters
-        new = render_node_proxy_conf(cluster, down=sorted(change(down))).encode()
+        servers = parse_node_proxy_servers(content.decode("utf-8", "replace"))
+        down = {s.name for s in servers if not s.in_rotation}
+        new = render_node_proxy_conf(cluster, [(s.name, s.address, s.port) for s in servers] or None,
+                                     down=sorted(change(down))).encode()
         if new != content:
             wanted[host] = new
     return wanted
@@ -355,12 +377,12 @@ def take_out(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
     without another serving apiserver. haproxy drains while nginx reloads: both stop sending
     new connections to the server at about the same time.
     """
-    masters = _master_names(cluster, server)
+    _require_master(cluster, server)
     states, files = _read_states(access, cluster)
     why = refusal(states, server)
     if why:
         raise DrainRefused(why)
-    confs = _new_confs(cluster, files, masters, lambda down: down | {server})
+    confs = _new_confs(cluster, files, lambda down: down | {server})
     lbs = [h for h, servers in states.haproxy.items() if server in servers and servers[server] != "MAINT"]
 
     async def drain(conn: HostConnection) -> None:
@@ -401,10 +423,10 @@ def put_back(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
     when every haproxy's health checks report it UP (HostError naming host and server after
     ``timeout``)."""
     deadline = time.monotonic() + timeout
-    masters = _master_names(cluster, server)
+    _require_master(cluster, server)
     wait_ready(access, cluster, server, deadline)
     states, files = _read_states(access, cluster)
-    confs = _new_confs(cluster, files, masters, lambda down: down - {server})
+    confs = _new_confs(cluster, files, lambda down: down - {server})
     lbs = [h for h, servers in states.haproxy.items() if server in servers]
 
     async def ready(conn: HostConnection) -> None:
@@ -419,6 +441,6 @@ def put_back(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
 
 
 __all__ = [
-    "HAPROXY_BACKEND", "BackendStates", "DrainRefused", "HaproxyServer", "backend_states", "haproxy_api",
-    "parse_node_proxy_rotation", "parse_show_stat", "put_back", "refusal", "take_out", "wait_ready",
+    "HAPROXY_BACKEND", "BackendStates", "DrainRefused", "HaproxyServer", "NodeProxyServer", "backend_states",
+    "haproxy_api", "parse_node_proxy_rotation", "parse_node_proxy_servers", "parse_show_stat", "put_back", "refusal", "take_out", "wait_ready",
 ]

@@ -110,7 +110,8 @@ class ClusterView:
         if "backends" in self.__dict__:  # read by a check of this step (cached_property)
             servers = {s for listed in (*self.backends.haproxy.values(), *self.backends.node_proxies.values())
                        for s in listed}
-            look["in_lbs"] = sorted(s for s in servers if self.backends.in_everywhere(s))
+            # serving, not "every check passing": one check failing under load is no divergence
+            look["in_lbs"] = sorted(s for s in servers if self.backends.serving_everywhere(s))
         if "vip_holders" in self.__dict__:
             look["vip_holders"] = sorted(self.vip_holders)
         return look

@@ -122,6 +122,10 @@ class Probe:
     127.0.0.1 (the way its kubelet goes). ``etcd_writes`` adds numbered puts through every
     etcd member, read back at the end. ``timeline``: a file that gets each record as a JSON
     line as it happens; ``run_id`` names the run (and its etcd keys).
+
+    The probe reads the cluster from ``access`` at each request (an operation rewrites
+    it as the endpoint moves) but reaches it through its own connections (a sibling of
+    ``access``): its tunnels never wait behind the operation's SSH work on every host.
     """
 
     def __init__(self, access: ClusterAccess, interval: float = 0.05, node_proxies: bool = False,
@@ -143,7 +147,7 @@ class Probe:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._closers: list[Callable[[], None]] = []
+        self._own: ClusterAccess | None = None  # the probe's connections, open while it runs
         self._writer: EtcdWriter | None = None
         self._timeline_file: IO[str] | None = None
         self._started = 0.0
@@ -161,9 +165,8 @@ class Probe:
             return list(self._records)
 
     def _client(self, url: str) -> httpx.Client:
-        client = self.access.http(url, timeout=self.timeout)
-        self._closers.append(client.close)
-        return client
+        assert self._own is not None
+        return self._own.http(url, timeout=self.timeout)  # closed with self._own
 
     def _following(self, name: str, target: str, url_of: Callable[[Cluster], tuple[str, str | None]]) -> ProbePath:
         """An HTTP path to ``url_of(cluster)`` (a URL and the name its certificate is checked
@@ -184,7 +187,7 @@ class Probe:
 
         return ProbePath(name, target, read)
 
-    def _build_paths(self) -> tuple[ProbePath, ...]:
+    def _build_paths(self, own: ClusterAccess) -> tuple[ProbePath, ...]:
         cluster = self.access.cluster
         paths = [self._following("vip" if cluster.vip else "endpoint", cluster.endpoint, lambda c: (c.endpoint, None))]
         if cluster.vip is not None:
@@ -196,18 +199,22 @@ class Probe:
                     lambda c, address=host.address: (f"https://{address}:{_vip(c).port}", str(_vip(c).address))))
         if self.node_proxies and cluster.node_local_proxy:
             for host in cluster.workers:
-                port = self.access.loopback_port(host, cluster.node_local_port)
+                port = own.loopback_port(host, cluster.node_local_port)
                 paths.append(_http_path(f"node-proxy/{host.name}", f"{host.name} {cluster.node_local_endpoint}",
                                         self._client(f"https://127.0.0.1:{port}"), self.keep_alive))
         if self.etcd_writes:
-            etcd = self.access.etcd()
-            self._closers.append(etcd.close)
-            writer = self._writer = EtcdWriter(etcd, f"/kubeha/probe/{self.run_id}/")
+            writer = self._writer = EtcdWriter(own.etcd(), f"/kubeha/probe/{self.run_id}/")
             paths.append(ProbePath(ETCD_PATH, f"etcd put {writer.prefix}<n>", writer.put_next))
         return tuple(paths)
 
     def start(self) -> None:
-        self.paths = self._build_paths()
+        own = self._own = self.access.sibling()
+        own.open()
+        try:
+            self.paths = self._build_paths(own)
+        except BaseException:
+            own.close()
+            raise
         if self.timeline is not None:
             self.timeline.parent.mkdir(parents=True, exist_ok=True)
             # 0600, also over an earlier file: the timeline names the cluster's endpoints and errors
@@ -230,8 +237,8 @@ class Probe:
         try:
             etcd = self._writer.verify_and_clean() if self._writer is not None else None
         finally:
-            for close in reversed(self._closers):
-                close()
+            if self._own is not None:
+                self._own.close()  # every client it handed out too
             if self._timeline_file is not None:
                 self._timeline_file.close()
         self.summary = summarize(self.records, self._started, ended, etcd=etcd)
