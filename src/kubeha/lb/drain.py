@@ -178,16 +178,18 @@ class BackendStates:
         return (all(servers.get(server, "MAINT") in OUT_STATES for servers in self.haproxy.values())
                 and not any(servers.get(server, False) for servers in self.node_proxies.values()))
 
+    def _in_every_node_proxy(self, server: str) -> bool:
+        return all(servers.get(server, False) for servers in self.node_proxies.values())
+
     def serving_everywhere(self, server: str) -> bool:
         """Sent new connections by every haproxy (UP, a failed check or not) and in rotation in
         every node proxy: what clients see, with a check that failed once under load left out."""
-        return (all(server in self.ready_servers(lb) for lb in self.haproxy)
-                and all(servers.get(server, False) for servers in self.node_proxies.values()))
+        return all(server in self.ready_servers(lb) for lb in self.haproxy) and self._in_every_node_proxy(server)
 
     def in_everywhere(self, server: str) -> bool:
         """UP (every check passing) in every haproxy and in rotation in every node proxy."""
         return (all(servers.get(server) == "UP" for servers in self.haproxy.values())
-                and all(servers.get(server, False) for servers in self.node_proxies.values()))
+                and self._in_every_node_proxy(server))
 
 
 def refusal(states: BackendStates, server: str) -> str | None:
@@ -442,5 +444,6 @@ def put_back(access: ClusterAccess, cluster: Cluster, server: str, backup: Backu
 
 __all__ = [
     "HAPROXY_BACKEND", "BackendStates", "DrainRefused", "HaproxyServer", "NodeProxyServer", "backend_states",
-    "haproxy_api", "parse_node_proxy_rotation", "parse_node_proxy_servers", "parse_show_stat", "put_back", "refusal", "take_out", "wait_ready",
+    "haproxy_api", "parse_node_proxy_rotation", "parse_node_proxy_servers", "parse_show_stat", "put_back",
+    "refusal", "take_out", "wait_ready",
 ]
