@@ -307,7 +307,7 @@ def test_a_full_disk_or_a_rejected_config_stops_the_step_with_nothing_changed(la
                        "the target master's backup dir full as its manifest is backed up", plan)
 
     with monkeypatch.context() as patched:
-        patched.setattr("kubeha.lb.drain.render_node_proxy_conf", lambda cluster, down=(): "garbage here;\n")
+        patched.setattr("kubeha.lb.drain.render_node_proxy_conf", lambda *_, **__: "garbage here;\n")
         rejected.run()
     try:
         filled_tmpfs(lab, "worker1", "/etc/nginx", keep_content=True)
