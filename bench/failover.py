@@ -39,6 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from kubeha.access import ClusterAccess
+from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
 
@@ -157,6 +159,8 @@ def measure(settings: str, fault: str) -> dict:
         if settings == "stock":
             stock_settings(lab, cluster)
         time.sleep(3)  # haproxy's checks settled
+        with ClusterAccess(load_inventory(lab.paths.inventory)) as access:
+            etcd_leader = access.etcd().leader()[0].name
         with Watch(lab, cluster) as watch:
             time.sleep(1)
             at, victim = inject(lab, cluster, fault)
@@ -167,7 +171,8 @@ def measure(settings: str, fault: str) -> dict:
                      next((t for t, ok in after if ok), None))
         moved = next((t for t, h in watch.holders if t >= at and set(h) - {victim}), None)
         return {
-            "settings": settings, "fault": fault, "victim": victim,
+            # the victim led etcd: every apiserver's /readyz fails until etcd elects another
+            "settings": settings, "fault": fault, "victim": victim, "etcd_leader_killed": etcd_leader == victim,
             "vip_moved_s": round(moved - at, 3) if moved and fault != "apiserver-killed" else None,
             "api_answering_s": round(answering - at, 3) if answering else None,
             "failed_requests": len(failed), "requests": len(after),

@@ -16,7 +16,7 @@ from helpers.lab import require_lab_prerequisites
 DEMO_LAB_ID = "6"  # beside the shared lab of the other tests, never instead of it
 
 
-@pytest.mark.extended  # 30-40 min: `scripts/test.sh -m extended tests/lab/test_demo.py`
+@pytest.mark.extended  # ~6 min (CI time): `scripts/test.sh -m extended tests/lab/test_demo.py`
 def test_the_demo_runs_end_to_end_without_a_failed_request(tmp_path):
     require_lab_prerequisites()
     env = {**os.environ, "KUBEHA_LAB_ID": DEMO_LAB_ID, "COLUMNS": "160"}
