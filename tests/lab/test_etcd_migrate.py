@@ -18,6 +18,7 @@ from helpers.wait import wait_for
 
 from kubeha.access import ClusterAccess
 from kubeha.inventory import load_inventory
+from kubeha.lb import backend_states
 from kubeha.model import Layout
 from kubeha.operations import etcd_hosts
 from kubeha.operations.etcd_view import read_etcd_state
@@ -127,6 +128,13 @@ def _backup_dirs(lab, operation_id: str) -> list[str]:
     return found
 
 
+def _sent_nowhere(inventory_path, server: str) -> bool:
+    """No haproxy sends ``server`` new connections."""
+    with ClusterAccess(load_inventory(inventory_path)) as access:
+        states = backend_states(access, access.cluster)
+        return all(server not in states.ready_servers(lb.name) for lb in access.cluster.lb_hosts)
+
+
 def test_unsafe_changes_are_refused_before_any_host_is_touched(lab, inventory_path, tmp_path):
     # the simulator's model after every step of a real plan, on the live cluster
     shown = subprocess.run([sys.executable, "-m", "kubeha.cli", "plan", "etcd", "migrate", "--replace", FORWARD,
@@ -146,6 +154,10 @@ def test_unsafe_changes_are_refused_before_any_host_is_touched(lab, inventory_pa
     try:
         wait_for(lambda: not members(inventory_path)[1].healthy(
             next(m for m in members(inventory_path)[1].members if m.name == "master3")), 30, "master3's etcd to stop")
+        if layout is Layout.KUBEADM:
+            # its apiserver reads only its own etcd: until haproxy marks it down, a read the
+            # planning below sends through the VIP can be cut (on-marked-down shutdown-sessions)
+            wait_for(lambda: _sent_nowhere(inventory_path, "master3"), 30, "haproxy to mark master3 down")
         with pytest.raises(PlanError, match="master3"):
             make_plan(inventory_path, "etcd-migrate", {"replace": "master1=spare1"})
     finally:
