@@ -39,7 +39,8 @@ from kubeha.plan import Journal
 
 RESULTS = Path(__file__).parent / "results" / "availability.json"
 LAB_ID = "4"
-PATH_FIELDS = ("requests", "failures", "failures_after_retry", "longest_gap_ms", "p50_ms", "p99_ms")
+COUNTED = ("requests", "failures", "failures_after_retry")  # summed over runs and paths
+WORST = ("longest_gap_ms", "p50_ms", "p99_ms")  # the largest kept
 
 
 def operations(cluster: Cluster) -> list[tuple[str, list[str]]]:
@@ -76,10 +77,7 @@ def probe_of(journal_path: Path) -> dict:
         lost: int | None = 0
         for probe in journal.probes(operation_id):
             for p in probe.summary["paths"]:
-                into = paths.setdefault(p["path"], {f: 0 for f in PATH_FIELDS})
-                for f in PATH_FIELDS:
-                    value = p[f] or 0
-                    into[f] = into[f] + value if f in PATH_FIELDS[:3] else max(into[f], round(value, 1))
+                _add(paths.setdefault(p["path"], {}), p, WORST)
             etcd = probe.summary.get("etcd")
             if etcd and lost is not None:
                 lost = None if etcd["lost"] is None else lost + len(etcd["lost"])
@@ -88,17 +86,22 @@ def probe_of(journal_path: Path) -> dict:
             "etcd_writes_lost": lost, "by_kind": by_path_kind(paths), "paths": paths}
 
 
+def _add(into: dict, path: dict, worst: tuple[str, ...]) -> None:
+    """``path``'s numbers added to ``into``: the counts summed, the ``worst`` fields' largest kept."""
+    for f in COUNTED:
+        into[f] = into.get(f, 0) + path[f]
+    for f in worst:
+        into[f] = max(into.get(f, 0.0), round(path[f] or 0, 1))
+
+
 def by_path_kind(paths: dict[str, dict]) -> dict[str, dict]:
     """The paths grouped by kind (vip, lb, node-proxy, etcd-writes): failures summed, the
     worst longest gap."""
     kinds: dict[str, dict] = {}
     for name, p in paths.items():
-        into = kinds.setdefault(name.split("/")[0], {"paths": 0, "requests": 0, "failures": 0,
-                                                      "failures_after_retry": 0, "longest_gap_ms": 0.0})
+        into = kinds.setdefault(name.split("/")[0], {"paths": 0})
         into["paths"] += 1
-        for f in ("requests", "failures", "failures_after_retry"):
-            into[f] += p[f]
-        into["longest_gap_ms"] = max(into["longest_gap_ms"], p["longest_gap_ms"])
+        _add(into, p, ("longest_gap_ms",))
     return kinds
 
 

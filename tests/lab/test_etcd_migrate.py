@@ -132,7 +132,7 @@ def _sent_nowhere(inventory_path, server: str) -> bool:
     """No haproxy sends ``server`` new connections."""
     with ClusterAccess(load_inventory(inventory_path)) as access:
         states = backend_states(access, access.cluster)
-        return all(server not in states.ready_servers(lb.name) for lb in access.cluster.lb_hosts)
+        return all(server not in states.ready_servers(lb) for lb in states.haproxy)
 
 
 def test_unsafe_changes_are_refused_before_any_host_is_touched(lab, inventory_path, tmp_path):
