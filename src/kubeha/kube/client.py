@@ -45,11 +45,27 @@ class NodeInfo:
     control_plane: bool
 
 
+def _cut_under_request(error: Exception) -> bool:
+    """Whether the connection was closed under a sent request: what an apiserver that stops,
+    or haproxy cutting the sessions of a server it marks down, does to a request in flight."""
+    reason = error.reason if isinstance(error, urllib3.exceptions.MaxRetryError) else error
+    return isinstance(reason, urllib3.exceptions.ProtocolError)
+
+
 def _call(api: k8s.ApiClient, what: str, request: Callable[..., Any], timeout: float, *,
           absent_ok: bool = False) -> Any:
-    """``request``'s answer, errors said in one KubeError line; None for a 404 if ``absent_ok``."""
+    """``request``'s answer, errors said in one KubeError line; None for a 404 if ``absent_ok``.
+
+    A request whose connection is cut under it is sent once more, on a new connection (through
+    a load balancer: to another apiserver). That is safe because every request kubeha makes is
+    idempotent: reads, patches to a fixed value, deletes that accept a 404."""
     try:
-        return request(_request_timeout=timeout)
+        try:
+            return request(_request_timeout=timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if not _cut_under_request(e):
+                raise
+            return request(_request_timeout=timeout)
     except k8s.ApiException as e:
         if absent_ok and e.status == 404:
             return None
