@@ -132,22 +132,24 @@ def measure(layout: Layout) -> list[dict]:
     return found
 
 
+def kind_cell(kinds: dict, kind: str) -> str:
+    """A table cell for one path kind: failed first attempts (failed after the retry), the worst longest gap."""
+    k = kinds.get(kind)
+    return "—" if k is None else f"{k['failures']} ({k['failures_after_retry']}), {k['longest_gap_ms']:.0f} ms"
+
+
 def markdown_rows(runs: list[list[dict]]) -> list[str]:
     """One table row per operation of each run: the operation's wall time (the whole
     command's: planning, connecting, the probe's start and end), then per path kind the
     failed first attempts (failed after the retry) and the worst longest gap."""
-    def cell(kinds: dict, kind: str) -> str:
-        k = kinds.get(kind)
-        return "—" if k is None else f"{k['failures']} ({k['failures_after_retry']}), {k['longest_gap_ms']:.0f} ms"
-
     rows = []
     for number, run in enumerate(runs, 1):
         for r in run:
             kinds = r.get("by_kind", {})
             lost = r.get("etcd_writes_lost")
             rows.append(f"| {number} | {r['operation']} | {r.get('wall_seconds', '—')} ({r['command_seconds']}) | "
-                        f"{cell(kinds, 'vip')} | "
-                        f"{cell(kinds, 'lb')} | {cell(kinds, 'node-proxy')} | "
+                        f"{kind_cell(kinds, 'vip')} | "
+                        f"{kind_cell(kinds, 'lb')} | {kind_cell(kinds, 'node-proxy')} | "
                         f"{'?' if lost is None else lost} of {kinds.get('etcd-writes', {}).get('requests', 0)} |")
     return rows
 
