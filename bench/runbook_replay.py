@@ -1,25 +1,29 @@
-"""Benchmark: runbook 003's own procedure (stop the old masters, then start new ones) replayed
-in the lab, next to kubeha's migrate-masters doing the same move, in one run.
+"""Benchmark: runbooks' own procedures replayed in the lab, each next to the kubeha command
+doing the same change, in one run: API availability on every path.
 
-    sudo .venv/bin/python bench/runbook_replay.py [--runs 1]
+    sudo .venv/bin/python bench/runbook_replay.py [--runs 1] [--runbook 003] [--runbook 000]
 
-Both sides get a lab of their own (KUBEHA_LAB_ID=5, kubeasz layout: masters run the control
-plane as systemd units, as the runbook's machines do; 3 masters, 3 spares, 3 workers) and
-move the masters to the spares while the probe reads the API every 50 ms through the VIP,
-each LB host and each worker's node-local proxy, and writes numbered etcd keys.
+Every side gets a lab of its own (KUBEHA_LAB_ID=5, kubeasz layout: the control plane runs
+as systemd units, as on the runbooks' machines; 3 masters, 3 spares, 3 workers); the probe
+reads the API every 50 ms through the VIP, each LB host and each worker's node-local proxy,
+and writes numbered etcd keys.
 
-- kubeha: `kubeha migrate-masters --replace master1=spare1,... --yes`; its own probe.
-- the runbook (003_a864bf33197b6b85.txt, steps 3-6), as its operator would do it, host by
-  host: stop controller-manager, scheduler and apiserver on every old master (step 3); on
-  every spare install the certs, units and configs of a master and start its apiserver,
-  node-local proxy and kubelet, without controller-manager and scheduler (step 4; waited
-  for until /readyz answers); point the clients at the new masters: the LB hosts' haproxy
-  backends and every worker's node-local proxy, reloaded, kubelet restarted (step 5); start
-  controller-manager and scheduler on the new masters (step 6). etcd is not moved (the
-  runbook moves it before and after, one member at a time; kubeha's run moves it too), so
-  the replay's numbers are a lower bound for the runbook's outage.
+- 003_a864bf33197b6b85.txt, steps 3-6, host by host as its text goes: stop controller-manager,
+  scheduler and apiserver on every old master; on every spare install a master's certs,
+  units and configs and start its apiserver, node-local proxy and kubelet, not yet
+  controller-manager and scheduler (waited for until /readyz answers); point the clients
+  at the new masters (the LB hosts' haproxy backends, every worker's node-local proxy,
+  reloaded; kubelet restarted); start controller-manager and scheduler. etcd is not moved
+  (the runbook moves it before and after, a member at a time), so this is a lower bound
+  for the runbook's outage. kubeha: `migrate-masters --replace master1=spare1,...`.
+- 000_f448c9e8c343724a.txt (kubeasz's VIP change), steps 2-7, each playbook on all its
+  hosts at once as ansible runs it: delete every Node; keepalived with the new VIP
+  restarted on every LB host; the apiserver cert reissued with the new VIP and every
+  master's components restarted; every kubelet restarted with a new kubeconfig (written
+  directly: the lab's kubelet does no TLS bootstrap). kubeha: `change-endpoint --vip`.
+  The probe's VIP path is the old VIP, which the runbook drops at its step 3.
 
-Per side and path kind: failed requests (after the retry), the longest gap; the replay's
+Per side and path kind: failed requests (after the retry), the longest gap; the replays'
 step times. Writes bench/results/runbook_replay.json; BENCHMARKS.md summarises it.
 """
 
@@ -34,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,8 +51,9 @@ from kubeha.lab import Lab, LabSpec
 from kubeha.lab.topology import host_files
 from kubeha.model import Cluster, Host, Layout, Role
 from kubeha.pki import KeyAndCert
-from kubeha.pki.cluster import ClusterAuthorities
-from kubeha.render import render_haproxy_cfg, render_node_proxy_conf
+from kubeha.lb import keepalived_priority
+from kubeha.pki.cluster import ClusterAuthorities, apiserver_files
+from kubeha.render import render_haproxy_cfg, render_keepalived_conf, render_node_proxy_conf
 
 RESULTS = Path(__file__).parent / "results" / "runbook_replay.json"
 LAB_ID = "5"
@@ -100,19 +107,32 @@ def wait_ready(lab: Lab, cluster: Cluster, host: Host) -> None:
     raise RuntimeError(f"the new apiserver on {host.name} was not ready in {READY_SECONDS} s")
 
 
+class Steps:
+    """The replay's steps: each one's start (seconds from the first) and duration."""
+
+    def __init__(self) -> None:
+        self.done: list[dict] = []
+        self.begun = time.monotonic()
+
+    def __call__(self, name: str, action: Callable[[], None]) -> None:
+        started = time.monotonic()
+        action()
+        self.done.append({"step": name, "at_s": round(started - self.begun, 2),
+                          "seconds": round(time.monotonic() - started, 2)})
+
+
+def on_each(lab: Lab, hosts, command: list[str]) -> None:
+    """``command`` on every host at once, as ansible runs a play (forks >= hosts)."""
+    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+        list(pool.map(lambda h: lab.on(h.name, command), hosts))
+
+
 def replay_003(lab: Lab, cluster: Cluster) -> list[dict]:
-    """Runbook 003's steps 3-6 on the lab; each step's start (seconds from the first) and duration."""
+    """Runbook 003's steps 3-6, host by host as its text goes."""
     after = moved(cluster)
     old, new = cluster.masters, after.masters
     auth = authorities(lab, cluster, old[0].name)
-    steps: list[dict] = []
-    begun = time.monotonic()
-
-    def step(name: str, action) -> None:
-        started = time.monotonic()
-        action()
-        steps.append({"step": name, "at_s": round(started - begun, 2),
-                      "seconds": round(time.monotonic() - started, 2)})
+    step = Steps()
 
     def stop_old() -> None:
         for m in old:
@@ -144,7 +164,54 @@ def replay_003(lab: Lab, cluster: Cluster) -> list[dict]:
     step("4: start the new masters' apiservers (no controller-manager, scheduler); wait for /readyz", start_new)
     step("5: point haproxy and the node-local proxies at the new masters; restart kubelet", repoint_clients)
     step("6: start controller-manager and scheduler on the new masters", start_controllers)
-    return steps
+    return step.done
+
+
+def new_vip(cluster: Cluster) -> Cluster:
+    """The cluster with its VIP moved 50 addresses up (as kubeha's side is asked to)."""
+    return cluster.model_copy(update={"vip": cluster.vip.model_copy(update={"address": cluster.vip.address + 50})})
+
+
+def replay_000(lab: Lab, cluster: Cluster) -> list[dict]:
+    """Runbook 000's change steps 2-7, each playbook on all its hosts at once (ansible). The
+    kubelets' TLS bootstrap, which the lab's kubelet does not do, is replaced by writing the
+    kubeconfig it would get; the masters' reissued cert is kubeha's (same SANs as kubeasz's)."""
+    after = new_vip(cluster)
+    auth = authorities(lab, cluster, cluster.masters[0].name)
+    paths = after.paths
+    nodes = tuple(h for h in after.hosts if h.has(Role.MASTER) or h.has(Role.WORKER))
+    step = Steps()
+
+    def delete_nodes() -> None:
+        with lab.api(cluster) as api:
+            for node in api.get("/api/v1/nodes").raise_for_status().json()["items"]:
+                api.delete(f"/api/v1/nodes/{node['metadata']['name']}").raise_for_status()
+
+    def prepare() -> None:  # 01.prepare.yml: the LB role (handlers: restart on change) and kubeconfigs
+        for lb in after.lb_hosts:
+            install(lab, lb.name, paths.keepalived_conf,
+                    render_keepalived_conf(after, lb, keepalived_priority(after, lb)).encode(), 0o644)
+            install(lab, lb.name, paths.admin_kubeconfig, *host_files(after, lb, auth)[paths.admin_kubeconfig])
+        on_each(lab, after.lb_hosts, ["systemctl", "restart", "keepalived"])
+
+    def masters() -> None:  # steps 4 and 6: kubernetes.pem deleted, 04.kube-master.yml
+        for m in after.masters:
+            for path, (content, mode) in apiserver_files(after, m, auth).items():
+                install(lab, m.name, path, content, mode)
+        on_each(lab, after.masters, ["systemctl", "restart", "kube-apiserver", "kube-controller-manager",
+                                     "kube-scheduler"])
+
+    def kubelets() -> None:  # steps 5 and 7: kubelet.kubeconfig deleted, 05.kube-node.yml
+        for h in nodes:
+            install(lab, h.name, paths.kubelet_kubeconfig, *host_files(after, h, auth)[paths.kubelet_kubeconfig])
+        on_each(lab, nodes, ["systemctl", "restart", "kubelet"])
+
+    step("2: delete every Node", delete_nodes)
+    step("3: 01.prepare.yml: keepalived with the new VIP restarted on every LB host", prepare)
+    step("4, 6: 04.kube-master.yml: apiserver cert with the new VIP; every master's components restarted at once",
+         masters)
+    step("5, 7: 05.kube-node.yml: new kubelet kubeconfig; every kubelet restarted at once", kubelets)
+    return step.done
 
 
 def probed(inventory: Path, out: Path, action) -> tuple[dict, object]:
@@ -173,37 +240,45 @@ def side(paths: list[dict], etcd: dict | None) -> dict:
     return {"by_kind": by_path_kind(named), "etcd_writes_lost": lost}
 
 
-def measure_runbook(state: Path) -> dict:
+def measure_runbook(state: Path, runbook: str) -> dict:
     lab = Lab()
     try:
         lab.up(SPEC)
         cluster = load_inventory(lab.paths.inventory).cluster
         started = time.monotonic()
-        summary, steps = probed(lab.paths.inventory, state / "probe", lambda: replay_003(lab, cluster))
-        return {"side": "runbook 003 replayed", "wall_seconds": round(time.monotonic() - started, 1),
+        summary, steps = probed(lab.paths.inventory, state / f"probe-{runbook}",
+                                lambda: RUNBOOKS[runbook][0](lab, cluster))
+        return {"side": f"runbook {runbook} replayed", "wall_seconds": round(time.monotonic() - started, 1),
                 "steps": steps, **side(summary["paths"], summary.get("etcd"))}
     finally:
         lab.down()
 
 
-def measure_kubeha(state: Path) -> dict:
+def measure_kubeha(state: Path, runbook: str) -> dict:
     lab = Lab()
     try:
         lab.up(SPEC)
         inventory = lab.paths.inventory
-        masters = [h.name for h in load_inventory(inventory).cluster.masters]
-        journal = state / "journal.sqlite"
-        replace = ",".join(f"{m}=spare{i}" for i, m in enumerate(masters, 1))
-        done = subprocess.run([sys.executable, "-m", "kubeha.cli", "migrate-masters", "--replace", replace,
+        arguments = RUNBOOKS[runbook][1](load_inventory(inventory).cluster)
+        journal = state / f"journal-{runbook}.sqlite"
+        done = subprocess.run([sys.executable, "-m", "kubeha.cli", *arguments,
                                "-i", str(inventory), "--journal", str(journal), "--yes"],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if done.returncode != 0 or operation_count(journal) == 0:
-            raise RuntimeError(f"kubeha migrate-masters failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
+            raise RuntimeError(f"kubeha {arguments[0]} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
         found = probe_of(journal)
-        return {"side": "kubeha migrate-masters", "wall_seconds": found["wall_seconds"],
+        return {"side": f"kubeha {arguments[0]}", "wall_seconds": found["wall_seconds"],
                 "by_kind": found["by_kind"], "etcd_writes_lost": found["etcd_writes_lost"]}
     finally:
         lab.down()
+
+
+# runbook: its replay, and kubeha's command doing the same change
+RUNBOOKS: dict[str, tuple[Callable[[Lab, Cluster], list[dict]], Callable[[Cluster], list[str]]]] = {
+    "003": (replay_003, lambda c: ["migrate-masters", "--replace",
+                                   ",".join(f"{m.name}=spare{i}" for i, m in enumerate(c.masters, 1))]),
+    "000": (replay_000, lambda c: ["change-endpoint", "--vip", str(new_vip(c).vip.address)]),
+}
 
 
 def markdown_rows(runs: list[list[dict]]) -> list[str]:
@@ -216,17 +291,20 @@ def markdown_rows(runs: list[list[dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runbook", action="append", choices=sorted(RUNBOOKS),
+                        help="Only this runbook (repeatable); default: every one.")
     args = parser.parse_args()
     os.environ["KUBEHA_LAB_ID"] = LAB_ID
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="kubeha-replay-") as state:
-            run = [measure_runbook(Path(state)), measure_kubeha(Path(state))]
+            run = [measure(Path(state), runbook) for runbook in args.runbook or sorted(RUNBOOKS)
+                   for measure in (measure_runbook, measure_kubeha)]
         print(json.dumps(run), flush=True)
         runs.append(run)
     result = {"date": datetime.now(timezone.utc).date().isoformat(),
               "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
-              "command": f"bench/runbook_replay.py --runs {args.runs}", "layout": SPEC.layout.value, "runs": runs}
+              "command": " ".join(["bench/runbook_replay.py", *sys.argv[1:]]), "layout": SPEC.layout.value, "runs": runs}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print("| run | side | wall s | VIP: failed (after retry), longest gap | LB hosts | node-local proxies "

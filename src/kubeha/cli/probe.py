@@ -33,12 +33,12 @@ def seconds(text: str) -> float:
 
 
 def _wait(run_for: float | None) -> None:
-    """``run_for`` seconds; None: until Ctrl-C."""
-    if run_for is not None:
-        time.sleep(run_for)
-        return
-    while True:
-        time.sleep(3600)
+    """``run_for`` seconds; None: until Ctrl-C. Sleeps in short slices: Python runs a signal's
+    handler only in the main thread, and a SIGINT the kernel gives one of the probe's threads
+    does not wake a main thread asleep (Ctrl-C then waited for the sleep's end)."""
+    deadline = None if run_for is None else time.monotonic() + run_for
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0)))
 
 
 def _ms(value: float | None) -> str:
