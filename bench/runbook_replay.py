@@ -294,6 +294,9 @@ def main() -> None:
     parser.add_argument("--runbook", action="append", choices=sorted(RUNBOOKS),
                         help="Only this runbook (repeatable); default: every one.")
     args = parser.parse_args()
+    # started in the background by a shell without job control, SIGINT comes ignored, and an
+    # ignored signal stays ignored in children: the probe would not stop on its Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["KUBEHA_LAB_ID"] = LAB_ID
     runs = []
     for _ in range(args.runs):
