@@ -49,9 +49,9 @@ from availability import by_path_kind, kind_cell, operation_count, probe_of
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab.topology import host_files
+from kubeha.lb import keepalived_priority
 from kubeha.model import Cluster, Host, Layout, Role
 from kubeha.pki import KeyAndCert
-from kubeha.lb import keepalived_priority
 from kubeha.pki.cluster import ClusterAuthorities, apiserver_files
 from kubeha.render import render_haproxy_cfg, render_keepalived_conf, render_node_proxy_conf
 
