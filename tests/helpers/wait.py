@@ -24,3 +24,17 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, *,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.1)
+
+
+def held_for(condition: Callable[[], object], seconds: float) -> Callable[[], bool]:
+    """A condition for ``wait_for``: true once ``condition()`` has been true at every poll
+    for ``seconds`` (a state that settles through flaps, like VRRP after a link comes back)."""
+    since: list[float] = []
+
+    def check() -> bool:
+        if not condition():
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= seconds
+    return check
