@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -36,9 +37,9 @@ def _wait(run_for: float | None) -> None:
     """``run_for`` seconds; None: until Ctrl-C. Sleeps in short slices: Python runs a signal's
     handler only in the main thread, and a SIGINT the kernel gives one of the probe's threads
     does not wake a main thread asleep (Ctrl-C then waited for the sleep's end)."""
-    deadline = None if run_for is None else time.monotonic() + run_for
-    while deadline is None or time.monotonic() < deadline:
-        time.sleep(0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0)))
+    deadline = math.inf if run_for is None else time.monotonic() + run_for
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.2, left))
 
 
 def _ms(value: float | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import signal
@@ -94,11 +95,10 @@ class StopEvent(threading.Event):
     SLICE = 0.2
 
     def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = self.SLICE if deadline is None else min(self.SLICE, deadline - time.monotonic())
-            if super().wait(max(left, 0)) or (deadline is not None and time.monotonic() >= deadline):
-                return self.is_set()
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while not self.is_set() and (left := deadline - time.monotonic()) > 0:
+            super().wait(min(self.SLICE, left))
+        return self.is_set()
 
 
 def start_standin(component: str, argv: list[str] | None,
