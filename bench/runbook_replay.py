@@ -46,12 +46,13 @@ from pathlib import Path
 import httpx
 from availability import by_path_kind, kind_cell, operation_count, probe_of
 
+from kubeha.access import ClusterAccess
+from kubeha.certs import load_authorities
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab.topology import host_files
 from kubeha.lb import keepalived_priority
 from kubeha.model import Cluster, Host, Layout, Role
-from kubeha.pki import KeyAndCert
 from kubeha.pki.cluster import ClusterAuthorities, apiserver_files
 from kubeha.render import render_haproxy_cfg, render_keepalived_conf, render_node_proxy_conf
 
@@ -75,23 +76,11 @@ def moved(cluster: Cluster) -> Cluster:
     return cluster.model_copy(update={"hosts": tuple(after(h) for h in cluster.hosts)})
 
 
-def authorities(lab: Lab, cluster: Cluster, master: str) -> ClusterAuthorities:
+def authorities(inventory: Path, master: Host) -> ClusterAuthorities:
     """The CAs and the service-account key as stored on ``master`` (what the runbook's
     start_master script is given)."""
-    def read(path) -> bytes:
-        return lab.paths.on_host(master, path).read_bytes()
-    p = cluster.paths
-    ca = KeyAndCert(key_pem=read(p.ca.key), cert_pem=read(p.ca.cert))
-    etcd_ca = ca if p.etcd_ca == p.ca else KeyAndCert(key_pem=read(p.etcd_ca.key), cert_pem=read(p.etcd_ca.cert))
-    return ClusterAuthorities(ca=ca, etcd_ca=etcd_ca,
-                              service_account=(read(p.service_account_key), read(p.service_account_pub)))
-
-
-def install(lab: Lab, host: str, path, content: bytes, mode: int) -> None:
-    target = lab.paths.on_host(host, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(content)
-    os.chmod(target, mode)
+    with ClusterAccess(load_inventory(inventory)) as access:
+        return load_authorities(access, master)
 
 
 def wait_ready(lab: Lab, cluster: Cluster, host: Host) -> None:
@@ -131,7 +120,7 @@ def replay_003(lab: Lab, cluster: Cluster) -> list[dict]:
     """Runbook 003's steps 3-6, host by host as its text goes."""
     after = moved(cluster)
     old, new = cluster.masters, after.masters
-    auth = authorities(lab, cluster, old[0].name)
+    auth = authorities(lab.paths.inventory, old[0])
     step = Steps()
 
     def stop_old() -> None:
@@ -140,8 +129,7 @@ def replay_003(lab: Lab, cluster: Cluster) -> list[dict]:
 
     def start_new() -> None:
         for s in new:
-            for path, (content, mode) in host_files(after, s, auth).items():
-                install(lab, s.name, path, content, mode)
+            lab.install_files(s.name, host_files(after, s, auth))
             lab.on(s.name, ["systemctl", "start", "nginx", "kube-apiserver", "kubelet"])
         for s in new:
             wait_ready(lab, after, s)
@@ -149,10 +137,10 @@ def replay_003(lab: Lab, cluster: Cluster) -> list[dict]:
     def repoint_clients() -> None:
         paths = after.paths
         for lb in after.lb_hosts:
-            install(lab, lb.name, paths.haproxy_cfg, render_haproxy_cfg(after).encode(), 0o644)
+            lab.install_files(lb.name, {paths.haproxy_cfg: (render_haproxy_cfg(after).encode(), 0o644)})
             lab.on(lb.name, ["systemctl", "reload", "haproxy"])
         for w in after.workers:
-            install(lab, w.name, paths.node_proxy_conf, render_node_proxy_conf(after).encode(), 0o644)
+            lab.install_files(w.name, {paths.node_proxy_conf: (render_node_proxy_conf(after).encode(), 0o644)})
             lab.on(w.name, ["systemctl", "reload", "nginx"])
             lab.on(w.name, ["systemctl", "restart", "kubelet"])
 
@@ -177,7 +165,7 @@ def replay_000(lab: Lab, cluster: Cluster) -> list[dict]:
     kubelets' TLS bootstrap, which the lab's kubelet does not do, is replaced by writing the
     kubeconfig it would get; the masters' reissued cert is kubeha's (same SANs as kubeasz's)."""
     after = new_vip(cluster)
-    auth = authorities(lab, cluster, cluster.masters[0].name)
+    auth = authorities(lab.paths.inventory, cluster.masters[0])
     paths = after.paths
     nodes = tuple(h for h in after.hosts if h.has(Role.MASTER) or h.has(Role.WORKER))
     step = Steps()
@@ -189,21 +177,20 @@ def replay_000(lab: Lab, cluster: Cluster) -> list[dict]:
 
     def prepare() -> None:  # 01.prepare.yml: the LB role (handlers: restart on change) and kubeconfigs
         for lb in after.lb_hosts:
-            install(lab, lb.name, paths.keepalived_conf,
-                    render_keepalived_conf(after, lb, keepalived_priority(after, lb)).encode(), 0o644)
-            install(lab, lb.name, paths.admin_kubeconfig, *host_files(after, lb, auth)[paths.admin_kubeconfig])
+            conf = render_keepalived_conf(after, lb, keepalived_priority(after, lb)).encode()
+            lab.install_files(lb.name, {paths.keepalived_conf: (conf, 0o644),
+                                        paths.admin_kubeconfig: host_files(after, lb, auth)[paths.admin_kubeconfig]})
         on_each(lab, after.lb_hosts, ["systemctl", "restart", "keepalived"])
 
     def masters() -> None:  # steps 4 and 6: kubernetes.pem deleted, 04.kube-master.yml
         for m in after.masters:
-            for path, (content, mode) in apiserver_files(after, m, auth).items():
-                install(lab, m.name, path, content, mode)
+            lab.install_files(m.name, apiserver_files(after, m, auth))
         on_each(lab, after.masters, ["systemctl", "restart", "kube-apiserver", "kube-controller-manager",
                                      "kube-scheduler"])
 
     def kubelets() -> None:  # steps 5 and 7: kubelet.kubeconfig deleted, 05.kube-node.yml
         for h in nodes:
-            install(lab, h.name, paths.kubelet_kubeconfig, *host_files(after, h, auth)[paths.kubelet_kubeconfig])
+            lab.install_files(h.name, {paths.kubelet_kubeconfig: host_files(after, h, auth)[paths.kubelet_kubeconfig]})
         on_each(lab, nodes, ["systemctl", "restart", "kubelet"])
 
     step("2: delete every Node", delete_nodes)

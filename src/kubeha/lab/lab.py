@@ -254,8 +254,13 @@ class Lab:
         _write(self.paths.on_host(name, "/etc/hosts"), hosts_text)
         for path in ns.ROOT_SHELL_FILES:
             _write(self.paths.on_host(name, path), "# a lab host's root: not the machine's start-up file\n")
+        self.install_files(name, files)
+
+    def install_files(self, host: str, files: PkiFiles) -> None:
+        """Write ``files`` ({path: (content, mode)}) on ``host``'s own file system, as the
+        lab builds its hosts (for stand-ins of what an operator's script would install)."""
         for path, (content, mode) in files.items():
-            _write(self.paths.on_host(name, path), content, mode)
+            _write(self.paths.on_host(host, path), content, mode)
 
     def _write_accounts(self, host: str, public_key: str) -> None:
         """The machine's accounts plus the lab's operators: `ops` may sudo without a
