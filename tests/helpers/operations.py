@@ -155,7 +155,9 @@ def assert_no_outage(run: Run, *, longest_gap_ms: float | None = None, vip_retry
         print("failed:", failed)
     vip = next(p for p in summary.paths if p.path == "vip")
     assert (vip.failures_after_retry if vip_retry else vip.failures) == 0, (vip, run.failed)
-    assert all(p.failures_after_retry == 0 for p in summary.paths), summary.paths
+    # the message leads with what failed and how (CI shows only the start of a long one)
+    assert all(p.failures_after_retry == 0 for p in summary.paths), (
+        [p for p in summary.paths if p.failures_after_retry], run.failed[:6])
     if longest_gap_ms is not None:  # every HTTP path: the VIP, each LB, each node-local proxy
         bounded = [p for p in summary.paths if p.path != ETCD_PATH]
         assert all(p.longest_gap_ms < longest_gap_ms for p in bounded), summary.paths

@@ -22,8 +22,9 @@ from kubeha.inventory import Inventory, dump_inventory, load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab.topology import VIP_OFFSET
 from kubeha.lb import apply_lb_plan, lb_configs, plan_lb_apply, read_lb_state
-from kubeha.lb.apply import RELOAD_PENDING_DIR
+from kubeha.lb.apply import HAPROXY_API_FUNCTION, RELOAD_PENDING_DIR
 from kubeha.model import Cluster, Layout, VirtualIP
+from kubeha.render import HAPROXY_ADMIN_SOCKET
 
 pytestmark = pytest.mark.lab
 
@@ -77,6 +78,12 @@ class LbLab:
             files[(config.host.name, str(config.path))] = path.read_bytes() if path.exists() else None
         return files
 
+    def servers_up_for(self, host: str) -> dict[str, int]:
+        """haproxy's servers on ``host``: seconds since each last changed state (up/down)."""
+        shown = self.lab.on(host, ["sh", "-c", HAPROXY_API_FUNCTION + f'api {HAPROXY_ADMIN_SOCKET} "show servers state"'])
+        rows = [line.split() for line in shown.stdout.splitlines()[2:] if line.strip()]
+        return {row[3]: int(row[9]) for row in rows}
+
     def main_pid(self, host: str, unit: str) -> str:
         return self.lab.on(host, ["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
 
@@ -118,6 +125,7 @@ def test_apply_brings_up_the_vip_and_the_proxies_and_a_second_apply_changes_noth
 def test_changed_backends_reload_haproxy_and_nginx_without_a_failed_request(lb_lab):
     lab, cluster = lb_lab.lab, lb_lab.cluster
     haproxy_pids = {m: lb_lab.main_pid(m, "haproxy") for m in ("master1", "master2")}
+    up_for = {m: lb_lab.servers_up_for(m) for m in ("master1", "master2")}
     results: list[str] = []
     stop = threading.Event()
 
@@ -146,6 +154,12 @@ def test_changed_backends_reload_haproxy_and_nginx_without_a_failed_request(lb_l
         assert f"{master}: wrote /etc/haproxy/haproxy.cfg, reloaded haproxy" in output
         assert lb_lab.main_pid(master, "haproxy") == haproxy_pids[master]  # seamless: same master process
         assert "master3" not in lab.paths.on_host(master, "/etc/haproxy/haproxy.cfg").read_text()
+        # the new haproxy process carried on each server's state (saved before the reload),
+        # not starting it one failed check from down
+        after = lb_lab.servers_up_for(master)
+        print(master, "servers up for (s) before the reload:", up_for[master], "after:", after)
+        assert after.keys() == {"master1", "master2"}
+        assert all(after[s] >= up_for[master][s] >= 5 for s in after), (up_for[master], after)
     assert "worker1: wrote /etc/nginx/nginx.conf, reloaded nginx" in output
     assert "wrote /etc/keepalived" not in output  # multicast: keepalived names no peers
 

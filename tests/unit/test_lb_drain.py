@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.render_clusters import cluster, make_cluster, run_in_namespaces  # noqa: F401
 
+from kubeha.lb.apply import _SAVE_SERVER_STATE_SCRIPT
 from kubeha.lb.drain import (
     _HAPROXY_API_SCRIPT, _SET_AND_WAIT_SCRIPT, BackendStates, HaproxyServer, NodeProxyServer, _new_confs,
     parse_node_proxy_rotation, parse_node_proxy_servers, parse_show_stat, refusal,
@@ -221,3 +222,31 @@ def test_the_runtime_api_scripts_drain_maintain_and_ready_a_server(tmp_path: Pat
     assert states("ready until UP") == {"master1": "UP", "master2": "UP"}
     assert answers["no such server"].strip() == "exit 2"
     assert "haproxy refused `set server kube-apiserver/nosuch state drain`: No such server." in result.stderr
+
+
+def test_the_server_state_saved_before_a_reload_keeps_health_but_not_maintenance(tmp_path: Path):
+    socket_path, state = tmp_path / "admin.sock", tmp_path / "state" / "server-state"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(socket=socket_path))
+    save = f"sh -c {shlex.quote(_SAVE_SERVER_STATE_SCRIPT)} sh {socket_path} {state}"
+    result = run_in_namespaces(
+        "ip link set lo up\n"
+        f"{save} && echo '=== no haproxy' && cat {state}\n"
+        f"{shlex.join([sys.executable, '-c', LISTEN])} &\n"
+        f"haproxy -f {cfg} -D -p {tmp_path / 'haproxy.pid'}\n"
+        "sleep 1\n"  # both UP, at full health
+        f"sh -c {shlex.quote(_HAPROXY_API_SCRIPT)} sh {socket_path} 'set server kube-apiserver/master1 state maint'\n"
+        f"{save} && echo '=== saved' && cat {state}\n"
+        f"kill $(cat {tmp_path / 'haproxy.pid'}) $!\n", net=True)
+    assert result.returncode == 0, result.stderr
+    answers = {name: text for name, _, text in (part.partition("\n") for part in result.stdout.split("=== ")[1:])}
+    assert answers["no haproxy"].strip() == "1"  # a start: no servers to carry over
+    lines = answers["saved"].splitlines()
+    assert lines[0] == "1" and lines[1].startswith("# be_id be_name srv_id srv_name")
+    rows = {row[3]: row for row in (line.split() for line in lines[2:] if line.strip())}
+    assert rows.keys() == {"master1", "master2"}
+    # master1 was put in maintenance at runtime: that is not carried over (the config says
+    # who is disabled), its down state is; master2 keeps its full health (rise + fall - 1)
+    assert rows["master1"][6] == "0" and rows["master1"][5] == "0"
+    assert rows["master2"][5] == "2" and rows["master2"][12] == "4"
+    assert not list(state.parent.glob("*.tmp"))

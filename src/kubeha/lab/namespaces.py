@@ -65,6 +65,7 @@ HOST_PRIVATE_DIRS = (
     "/etc/etcd",
     "/var/lib/etcd",
     "/etc/haproxy",
+    "/var/lib/haproxy",  # the server-state-file
     "/etc/keepalived",
     "/etc/nginx",
     "/etc/systemd/system",

@@ -14,6 +14,7 @@ from kubeha.pki.cluster import (
     apiserver_files, ca_files, client_cert, etcd_member_files, kubelet_identity,
 )
 from kubeha.render import (
+    HAPROXY_SERVER_STATE,
     render_control_plane, render_haproxy_cfg, render_keepalived_conf, render_kubeconfig,
     render_kubelet, render_node_proxy_conf,
 )
@@ -150,6 +151,7 @@ def host_files(cluster: Cluster, host: Host, auth: ClusterAuthorities) -> PkiFil
             files[rendered.path] = (rendered.content.encode(), rendered.mode)
     if host in cluster.lb_hosts and cluster.vip is not None:
         files[paths.haproxy_cfg] = (render_haproxy_cfg(cluster).encode(), 0o644)
+        files[HAPROXY_SERVER_STATE] = (b"1\n", 0o644)  # no servers yet, as `kubeha lb apply` starts it
         conf = render_keepalived_conf(cluster, host, keepalived_priority(cluster, host))
         files[paths.keepalived_conf] = (conf.encode(), 0o644)
     if host in node_proxy_hosts(cluster):

@@ -22,11 +22,11 @@ from kubeha.errors import HostError
 from kubeha.hosts import BackupSet, CommandFailed, HostConnection, HostOutcome
 from kubeha.hosts.facts import holds_address, ipv4_addresses_on
 from kubeha.lb.plan import (
-    KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
+    HAPROXY, KEEPALIVED, SERVICES, Action, FileKey, LbPlan, ManagedConfig, ServiceStep, complaint,
     install_hint, lb_configs, plan_lb_apply,
 )
 from kubeha.model import Cluster, Host, VirtualIP
-from kubeha.render import render_keepalived_conf
+from kubeha.render import HAPROXY_ADMIN_SOCKET, HAPROXY_SERVER_STATE, render_keepalived_conf
 
 T = TypeVar("T")
 Report = Callable[[str], None]
@@ -39,6 +39,46 @@ _RUNNING = ("active", "reloading")
 # (set before the write, cleared once the service started or reloaded). A run killed in
 # between leaves it, and the next run reloads the service though the file is as wanted.
 RELOAD_PENDING_DIR = "/var/lib/kubeha/reload-pending"
+
+_API_SOCKET_TIMEOUT = 5  # haproxy answers at once; this bounds a hung one
+# `api SOCKET COMMAND` prints the answer of haproxy's runtime API: socat where the host has
+# it, else python3 (hosts without socat still have the python3 Debian needs).
+HAPROXY_API_FUNCTION = """api() {
+  if command -v socat >/dev/null 2>&1; then
+    printf '%s\\n' "$2" | socat -t {timeout} - "UNIX-CONNECT:$1"
+  else
+    python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout({timeout})
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\\n")
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    sys.stdout.buffer.write(chunk)
+' "$1" "$2"
+  fi
+}
+""".replace("{timeout}", str(_API_SOCKET_TIMEOUT))
+# $1 runtime API socket, $2 server-state-file. Run before haproxy starts or reloads: a new
+# haproxy process starts every server one failed check from down, and when the apiservers
+# are busy the first checks after a reload (all at once, each within `timeout connect`)
+# can all fail: the LB then refuses every connection until the next checks pass (CI saw
+# 5 requests refused in ~0.35 s). Saved, each server keeps its health and up/down state.
+# The admin state column (7) is zeroed: a reload still takes maintenance from the config
+# only, as without the file. Runtime state, not a config: not backed up. With no haproxy
+# answering (a start) the file is reset to no servers.
+_SAVE_SERVER_STATE_SCRIPT = HAPROXY_API_FUNCTION + """sock=$1 state=$2
+mkdir -p "$(dirname "$state")"
+if api "$sock" "show servers state" 2>/dev/null | awk '$1 !~ /^#/ && NF > 10 { $7 = 0 } { print }' > "$state.tmp" &&
+   [ "$(head -n 1 "$state.tmp")" = 1 ]; then
+  mv -f "$state.tmp" "$state"
+else
+  rm -f "$state.tmp"
+  printf '1\\n' > "$state"
+fi"""
 
 # Prints each of its arguments (a command, or an absolute path of a file) that this host lacks.
 _MISSING_SCRIPT = """for r in "$@"; do
@@ -158,6 +198,10 @@ def check_configs(access: ClusterAccess, configs: Iterable[ManagedConfig]) -> No
         raise HostError("; ".join(rejected) + "; nothing was changed on any host")
 
 
+def _save_server_state_command() -> list[str]:
+    return ["sh", "-c", _SAVE_SERVER_STATE_SCRIPT, "sh", str(HAPROXY_ADMIN_SOCKET), str(HAPROXY_SERVER_STATE)]
+
+
 async def _carry_out(conn: HostConnection, step: ServiceStep, backup: BackupSet) -> float:
     """Write the step's config if it changed, then start or reload its service; the
     action's seconds."""
@@ -165,6 +209,8 @@ async def _carry_out(conn: HostConnection, step: ServiceStep, backup: BackupSet)
     if step.changed:
         await conn.run(["sh", "-c", f"mkdir -p {RELOAD_PENDING_DIR} && touch {marker}"])
         await conn.put_file(step.config.path, step.config.content, backup=backup)
+    if step.config.service is HAPROXY and step.action is not Action.NONE:
+        await conn.run(_save_server_state_command())
     started = time.monotonic()
     if step.action is Action.START:
         command = ["systemctl", "enable", "--now", step.unit]
@@ -257,6 +303,8 @@ class _Run:
                 if step.action is Action.START:
                     self.access.run(host, ["systemctl", "disable", "--now", step.unit], check=True)
                 elif step.action is Action.RELOAD:
+                    if step.config.service is HAPROXY:
+                        self.access.run(host, _save_server_state_command(), check=True)
                     self.access.run(host, ["systemctl", "reload", step.unit], check=True)
                     self.access.run(host, ["rm", "-f", f"{RELOAD_PENDING_DIR}/{step.unit}"], check=True)
         except HostError as e:

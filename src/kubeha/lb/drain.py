@@ -33,7 +33,7 @@ from typing import TypeVar
 from kubeha.access import ClusterAccess
 from kubeha.errors import HostError, InputError, KubehaError
 from kubeha.hosts import BackupSet, HostConnection
-from kubeha.lb.apply import _values, check_configs
+from kubeha.lb.apply import HAPROXY_API_FUNCTION, _values, check_configs
 from kubeha.lb.plan import NGINX, ManagedConfig, node_proxy_hosts
 from kubeha.model import Cluster
 from kubeha.render import HAPROXY_ADMIN_SOCKET, render_node_proxy_conf
@@ -45,37 +45,15 @@ NGINX_PID_FILE = "/run/nginx.pid"  # as the rendered nginx.conf says
 OUT_STATES = frozenset({"MAINT", "DRAIN"})  # haproxy sends no new connection there
 _POLL = 0.2  # the wait for /readyz
 _NGINX_WORKER_TIMEOUT = 10.0
-_SOCKET_TIMEOUT = 5  # haproxy answers at once; this bounds a hung one
 _COMMAND_TIMEOUT = 30.0  # SSH exec and a python3 start on a host under heavy load take seconds
 
-# `api SOCKET COMMAND` prints haproxy's answer: socat where the host has it, else python3
-# (hosts without socat still have the python3 Debian needs).
-_API_FUNCTION = """api() {
-  if command -v socat >/dev/null 2>&1; then
-    printf '%s\\n' "$2" | socat -t {timeout} - "UNIX-CONNECT:$1"
-  else
-    python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout({timeout})
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\\n")
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    sys.stdout.buffer.write(chunk)
-' "$1" "$2"
-  fi
-}
-""".replace("{timeout}", str(_SOCKET_TIMEOUT))
 # $1 socket, $2 command: its answer.
-_HAPROXY_API_SCRIPT = _API_FUNCTION + 'api "$1" "$2"'
+_HAPROXY_API_SCRIPT = HAPROXY_API_FUNCTION + 'api "$1" "$2"'
 # $1 socket, $2 backend, $3 server, $4 state to set (drain, ready), $5 what to wait for
 # (sessions: none left; up: status UP), $6 at most this many milliseconds, $7 state to set
 # then (maint) or "-". Prints the final `show stat`. One SSH round trip per host, however
 # long the wait: on a loaded host each one takes a second or more.
-_SET_AND_WAIT_SCRIPT = _API_FUNCTION + """sock=$1 backend=$2 server=$3
+_SET_AND_WAIT_SCRIPT = HAPROXY_API_FUNCTION + """sock=$1 backend=$2 server=$3
 column() {
   api "$sock" "show stat" | awk -F, -v px="$backend" -v sv="$server" -v col="$1" '
     NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) if ($i == col) c = i; next }

@@ -18,6 +18,7 @@ from kubeha.render.controlplane import (
 )
 from kubeha.render.ha import (
     HAPROXY_ADMIN_SOCKET,
+    HAPROXY_SERVER_STATE,
     Backend,
     default_backends,
     render_haproxy_cfg,
@@ -28,6 +29,7 @@ from kubeha.render.kubeconfig import kubeconfig_servers, render_kubeconfig, rewr
 
 __all__ = [
     "HAPROXY_ADMIN_SOCKET",
+    "HAPROXY_SERVER_STATE",
     "Backend",
     "RenderedFile",
     "apiserver_flags",

@@ -25,6 +25,9 @@ class Backend(NamedTuple):
 
 # The Debian unit creates no /run/haproxy/, so the runtime API socket lives in /run itself.
 HAPROXY_ADMIN_SOCKET = PurePosixPath("/run/haproxy-admin.sock")
+# Where kubeha saves the servers' states before a reload (see kubeha.lb.apply); the Debian
+# package makes /var/lib/haproxy.
+HAPROXY_SERVER_STATE = PurePosixPath("/var/lib/haproxy/server-state")
 
 
 
@@ -99,6 +102,7 @@ def render_haproxy_cfg(
         backends=_backends(cluster, backends),
         down=frozenset(down),
         admin_socket=HAPROXY_ADMIN_SOCKET,
+        server_state_file=HAPROXY_SERVER_STATE,
         hard_stop_after="30s",
         check=_haproxy_check(cluster),
         timeouts=_HAPROXY_TIMEOUTS,
