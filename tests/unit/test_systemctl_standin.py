@@ -377,6 +377,29 @@ journalctl -u layered
     assert "base" not in log
 
 
+def test_daemon_reload_does_not_wait_for_a_unit_that_never_starts(host):
+    # a removed etcd member's unit loops between a failing start and its restart; systemd
+    # answers daemon-reload at once all the same (a sweep's resume hung 300 s on the stand-in)
+    code, out = host("""
+unit /etc/systemd/system/stuck.service <<'EOF'
+[Service]
+ExecStartPre=/bin/sleep 1000
+ExecStart=/bin/sleep 1000
+Restart=always
+EOF
+systemctl start --no-block stuck
+wait_for 5 sh -c '[ "$(systemctl is-active stuck)" = activating ]'
+echo "# changed" >> /etc/systemd/system/stuck.service
+systemctl show -p NeedDaemonReload stuck
+timeout 5 systemctl daemon-reload; echo "daemon-reload=$?"
+systemctl show -p NeedDaemonReload stuck
+systemctl is-active stuck
+systemctl stop stuck; echo "stop=$?"
+""")
+    assert code == 0, out
+    assert "NeedDaemonReload=yes\ndaemon-reload=0\nNeedDaemonReload=no\nactivating\nstop=0" in out, out
+
+
 def test_unmet_condition_and_dead_supervisor(host):
     code, out = host(SLEEPER + """
 unit /etc/systemd/system/conditional.service <<'EOF'

@@ -650,7 +650,14 @@ class Supervisor:
             sock.close()
             return
         sock.setblocking(True)
-        self.requests.append((request.get("op", ""), Conn(sock)))
+        op = request.get("op", "")
+        if op == "daemon-reload":
+            # PID 1 reloads whatever a unit is doing: a unit that never becomes active (a
+            # Restart=always loop of a failing start) must not hold up every daemon-reload
+            self.daemon_reload()
+            Conn(sock).reply(True)
+            return
+        self.requests.append((op, Conn(sock)))
 
     def wait_until(self, done, deadline: float, *, abortable: bool = True) -> bool:
         """Pump events until ``done()``; False on deadline. Raises Aborted on a stop request."""
@@ -1050,8 +1057,6 @@ class Supervisor:
                     if conn:
                         conn.reply(ok, result, message)
                     continue
-                if op == "daemon-reload":
-                    self.daemon_reload()
                 if conn:
                     conn.reply(True)
                 continue
@@ -1129,7 +1134,7 @@ class Supervisor:
         self.answer_start(ok, result)
         for op, conn in self.requests:
             if conn:
-                conn.reply(op in ("stop", "start", "daemon-reload"), result)
+                conn.reply(op in ("stop", "start"), result)
         self.requests = []
 
 
