@@ -360,9 +360,13 @@ def _stop_lb_services(ctx: StepContext, host: Host, before: Cluster, after: Clus
     access.run(host, ["systemctl", "disable", "--now", "haproxy"], check=True)
 
 
+def _leaves_node_proxy(host: Host, before: Cluster, after: Cluster) -> bool:
+    return host in node_proxy_hosts(before) and host not in node_proxy_hosts(after)
+
+
 def _stop_node_proxy(access: ClusterAccess, host: Host, before: Cluster, after: Cluster) -> None:
     """Stop the node-local nginx on ``host`` when it runs one in ``before`` and not in ``after``."""
-    if host in node_proxy_hosts(before) and host not in node_proxy_hosts(after):
+    if _leaves_node_proxy(host, before, after):
         access.run(host, ["systemctl", "disable", "--now", "nginx"], check=True)
 
 
@@ -562,10 +566,13 @@ class MasterNode(StepKind):
         return _marks(node)
 
     def is_done(self, ctx: StepContext) -> bool:
-        api = step_access(ctx).kube()
+        access, host = step_access(ctx), step_host(ctx)
+        api = access.kube()
         node = read_node(api, self._node(ctx))
         if not ctx.step.arguments.get("start"):
-            return node is None and not _unit_active(step_access(ctx), step_host(ctx), "kubelet")
+            # the node proxy too: a resume that re-did an earlier LB step started it again
+            return node is None and not _unit_active(access, host, "kubelet") and not (
+                _leaves_node_proxy(host, access.cluster, _after(ctx)) and _unit_active(access, host, "nginx"))
         return node_ready(api, self._node(ctx)) and _marked(node, self._source_marks(ctx))
 
     def apply(self, ctx: StepContext) -> None:
