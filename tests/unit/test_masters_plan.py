@@ -173,6 +173,13 @@ def test_migrate_masters_repoints_apiservers_naming_every_member_and_accepts_lat
     assert repoints[0].arguments["accepted"] == [s.arguments["etcd_servers"] for s in repoints]
     final = repoints[-1].arguments["etcd_servers"]
     assert final == ["https://10.0.0.11:2379", "https://10.0.0.21:2379", "https://10.0.0.22:2379"]
+    # an old master's apiserver, repointed while its new one joins, is stopped for good later:
+    # a resumed run that finds it stopped has nothing to repoint
+    ids = [s.id for s in p.steps]
+    leaving = [s for s in p.steps if s.kind == "apiserver-etcd-servers" and s.arguments["host"] == "master2"]
+    assert leaving and all(s.arguments["stopped_by"] == "stop-kube-apiserver-master2" for s in leaving)
+    assert all(ids.index(s.id) < ids.index("stop-kube-apiserver-master2") for s in leaving)
+    assert not any("stopped_by" in s.arguments for s in repoints)
 
 
 def test_migrate_masters_refuses_bad_pairs_before_asking_a_host():

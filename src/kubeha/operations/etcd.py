@@ -324,6 +324,8 @@ class RepointApiserver(StepKind):
         access = _access(ctx)
         if not access.cluster.host(str(ctx.step.arguments["host"])).has(Role.MASTER):
             return True  # a later step of the plan retired this master (a resumed migration): nothing to repoint
+        if ctx.step.arguments.get("stopped_by") and apiserver.running_flags(access, access.cluster, _host(ctx)) is None:
+            return True  # stopped for good by that later step (a resumed migration): nothing to repoint
         # a later step's list counts too: resume must not go back to an earlier one
         accepted = [_flag_value(servers) for servers in ctx.step.arguments.get("accepted") or [ctx.step.arguments["etcd_servers"]]]  # type: ignore[union-attr]
         return apiserver.flag_in_effect(access, access.cluster, _host(ctx), "etcd-servers", accepted)

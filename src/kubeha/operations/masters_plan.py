@@ -437,7 +437,21 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
     steps += [restart_step(state, host, ETCD, flags={"initial-cluster": state.etcd_initial_cluster()})
               for host in members]
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
-                      inventory_digest=inventory_digest, steps=tuple(accept_later_values(steps)))
+                      inventory_digest=inventory_digest, steps=tuple(accept_later_values(_stopped_later(steps))))
+
+
+def _stopped_later(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with each apiserver repoint naming the later step that stops that apiserver
+    for good (``stopped_by``; an old master's, repointed while its new one joins): once
+    stopped, it has nothing left to repoint, and a resumed run must not start it again."""
+    stops = {str(s.arguments["host"]): (i, s.id) for i, s in enumerate(steps) if s.kind == "master-component"
+             and s.arguments.get("component") == APISERVER and not s.arguments.get("start")}
+    marked = list(steps)
+    for i, step in enumerate(marked):
+        index, stop = stops.get(str(step.arguments.get("host")), (-1, ""))
+        if step.kind == "apiserver-etcd-servers" and index > i:
+            marked[i] = step.model_copy(update={"arguments": {**step.arguments, "stopped_by": stop}})
+    return marked
 
 
 def _unique(earlier: Sequence[Step], steps: Sequence[Step], name: str) -> list[Step]:
