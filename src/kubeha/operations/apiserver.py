@@ -88,8 +88,8 @@ def change_flag(access: ClusterAccess, cluster: Cluster, host: Host, flag: str, 
         write_flag(access, cluster, host, flag, value, backup)
         restart(access, cluster, host)
     elif (running_flags(access, cluster, host) or {}).get(flag) != value:
-        # the file is as wanted but the apiserver is not: a run killed before the restart,
-        # or one stopped by a later step of the plan (a resume re-checks this step)
+        # the file is as wanted but the apiserver is not: a run killed before the restart, or
+        # an apiserver found stopped (one a later step stops for good counts as done before this)
         restart(access, cluster, host)
     wait_running_with(access, cluster, host, flag, value)
     put_back(access, cluster, host.name, backup)

@@ -22,6 +22,7 @@ from kubeha.access import ClusterAccess
 from kubeha.certs import load_authorities, read_pair
 from kubeha.discover.discover import component_file
 from kubeha.errors import HostError, KubehaError
+from kubeha.hosts import CommandFailed
 from kubeha.hosts.facts import Fact
 from kubeha.inventory import Inventory, dump_inventory
 from kubeha.kube import (
@@ -588,10 +589,12 @@ class MasterNode(StepKind):
             patch_node(api, name, {"metadata": {"labels": marks["labels"]},
                                    "spec": {"taints": taints + marks["taints"], "unschedulable": marks["unschedulable"]}})
             return
-        stopped = access.run(host, ["systemctl", "disable", "--now", "kubelet"])
-        # no unit is fine: a resumed run gets here again after a later step removed its files
-        if stopped.exit_status != 0 and _unit_active(access, host, "kubelet"):
-            raise HostError(f"{host.name}: `systemctl disable --now kubelet` failed: {stopped.stderr.strip()}")
+        try:
+            access.run(host, ["systemctl", "disable", "--now", "kubelet"], check=True)
+        except CommandFailed:
+            # no unit is fine: a resumed run gets here again after a later step removed its files
+            if _unit_active(access, host, "kubelet"):
+                raise
         _stop_node_proxy(access, host, access.cluster, _after(ctx))  # the kubelet used it
         delete_node(api, name)
 
