@@ -10,13 +10,14 @@ started, supervisors and services included.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers.etcd import free_port
+from kubeha.lab.standins.systemctl import standalone_argv
 
 
 @pytest.fixture(autouse=True)
@@ -51,10 +52,10 @@ def host(tmp_path: Path):
     """Run a script on a throwaway lab-like host; returns (exit code, stdout+stderr)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    module = "kubeha.lab.standins.systemctl"
+    command = shlex.join(standalone_argv())  # as the lab's wrappers run it
     for name, extra in (("systemctl", ""), ("journalctl", " journalctl")):
         wrapper = bin_dir / name
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m {module}{extra} "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec {command}{extra} "$@"\n')
         wrapper.chmod(0o755)
 
     def run(script: str, timeout: float = 30) -> tuple[int, str]:
@@ -305,19 +306,20 @@ for mode in control-group process; do
 unit /etc/systemd/system/family-$mode.service <<EOF
 [Service]
 KillMode=$mode
-ExecStart=/bin/sh -c 'setsid sleep 1001 & sleep 1002 & exec sleep 1003'
+ExecStart=/bin/sh -c 'setsid sleep 1001 & (sleep 1004 &); sleep 1002 & exec sleep 1003'
 EOF
 systemctl start family-$mode
 wait_for 5 pgrep -f '^sleep 1002'
+wait_for 5 pgrep -f '^sleep 1004'
 systemctl stop family-$mode; echo "stop-$mode=$?"
-echo "$mode: $(pgrep -fc '^sleep 1001') $(pgrep -fc '^sleep 1002') $(pgrep -fc '^sleep 1003')"
-pkill -f '^sleep 100[12]'; sleep 0.2
+echo "$mode: $(pgrep -fc '^sleep 1001') $(pgrep -fc '^sleep 1002') $(pgrep -fc '^sleep 1003') $(pgrep -fc '^sleep 1004')"
+pkill -f '^sleep 100[124]'; sleep 0.2
 done
 """)
     assert code == 0, out
-    # control-group kills the main process and its group, never a setsid'd session;
-    # process kills the main process only.
-    assert "control-group: 1 0 0" in out and "process: 1 1 0" in out
+    # control-group kills the main process and its group, the orphan the supervisor adopted
+    # (1004) too, never a setsid'd session; process kills the main process only.
+    assert "control-group: 1 0 0 0" in out and "process: 1 1 0 1" in out
 
 
 def test_failing_exec_start_pre(host):

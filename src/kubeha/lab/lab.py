@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -25,6 +26,7 @@ from kubeha.inventory import Inventory, SshDefaults, dump_inventory
 from kubeha.lb import node_proxy_hosts
 from kubeha.lab import namespaces as ns
 from kubeha.lab.objects import cluster_objects
+from kubeha.lab.standins.systemctl import standalone_argv
 from kubeha.lab.topology import (
     LabSpec, LabTopology, etc_hosts, host_files, host_services, lab_topology, light_topology, static_pods,
 )
@@ -151,7 +153,7 @@ class Lab:
     @contextmanager
     def _building(self, topology: LabTopology, binaries: tuple[str, ...]) -> Iterator[None]:
         """A stale lab removed first; whatever the build made removed if it fails."""
-        _require_root_and_binaries(binaries)
+        _require_lab_prerequisites(binaries)
         if self.exists():
             self.log("removing a stale lab first")
             self.down()
@@ -206,10 +208,9 @@ class Lab:
         for command, module in STANDINS.items():
             _write(self.paths.bin_dir / command,
                    f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.{module} "$@"\n', 0o755)
-        _write(self.paths.bin_dir / "systemctl",
-               f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.systemctl "$@"\n', 0o755)
-        _write(self.paths.bin_dir / "journalctl",
-               f'#!/bin/sh\nexec {python} -m kubeha.lab.standins.systemctl journalctl "$@"\n', 0o755)
+        systemctl = shlex.join(standalone_argv())
+        _write(self.paths.bin_dir / "systemctl", f'#!/bin/sh\nexec {systemctl} "$@"\n', 0o755)
+        _write(self.paths.bin_dir / "journalctl", f'#!/bin/sh\nexec {systemctl} journalctl "$@"\n', 0o755)
 
     def _write_ssh_keys(self, topology: LabTopology) -> None:
         key = self.paths.ssh_key
@@ -461,13 +462,16 @@ def ready_nodes(api: httpx.Client) -> set[str]:
     return {name for name, ready in node_readiness(api).items() if ready}
 
 
-def _require_root_and_binaries(binaries: tuple[str, ...]) -> None:
+def _require_lab_prerequisites(binaries: tuple[str, ...]) -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, mounts): run it with sudo or as root")
     missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
         raise LabError(f"missing {', '.join(missing)}: run the README's setup command "
                        "(scripts/setup.sh) to install the Debian packages")
+    if not Path(f"/proc/self/task/{os.getpid()}/children").exists():
+        raise LabError("this kernel has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN), which the "
+                       "lab's systemctl reads to find a unit's processes: run the lab on a kernel built with it")
 
 
 SSHD_CONFIG = """\
