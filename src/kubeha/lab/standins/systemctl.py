@@ -1215,7 +1215,7 @@ def standalone_argv() -> list[str]:
     top-level module in an isolated interpreter, so only the standard library loads, whatever
     the ``kubeha`` packages import, and Python caches the bytecode (a script run by its path is
     compiled every time: ~4 MB of RSS in every supervisor). The wrappers the lab puts in place
-    of ``systemctl`` and ``journalctl`` run it too: each call then starts in ~20 ms of CPU, not 25."""
+    of ``systemctl`` and ``journalctl`` run it too: ~3 ms less per call than ``python -m`` (22 ms, not 25)."""
     here, module = os.path.split(os.path.abspath(__file__))
     name = module[:-3]
     return [sys.executable, "-I", "-S", "-c",
