@@ -32,7 +32,7 @@ T = TypeVar("T")
 Report = Callable[[str], None]
 
 HANDOVER_PRIORITY = 254  # above every usual one (150 down): the new holder preempts the old
-VIP_TIMEOUT = 30.0  # keepalived takes the VIP within 3 adverts (0.6 s) once its check passes
+VIP_TIMEOUT = 30.0  # keepalived takes the VIP within 3 adverts (0.3 s) once its check passes
 _VIP_POLL = 0.2
 _RUNNING = ("active", "reloading")
 # A unit's name here: its config was written and the service may still run the one before
