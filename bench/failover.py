@@ -15,13 +15,12 @@ keepalived, the VIP on one of them):
   carrier up (a switch port or cable failing);
 - apiserver-killed: the apiserver of a master that does not hold the VIP SIGKILLed.
 Settings:
-- kubeha: what `kubeha lb apply` renders (VRRPv3 advert_int 0.1 s, the VRRP process at
-  real-time priority; haproxy checks of /readyz every 400 ms, fall 3, rise 2; a connect
-  given up after 150 ms and retried once on another server);
-- stock: keepalived advert_int 1 (its default and kubeadm's HA guide's) at normal
-  scheduling priority, and haproxy's default check timings (inter 2 s, fall 3, rise 2)
-  with kubeadm's HA guide's `timeout connect 5s` and `timeout check 10s`, everything else
-  the same.
+- kubeha: what `kubeha lb apply` renders (VRRPv3 advert_int 0.1 s; haproxy checks of
+  /readyz every 400 ms, fall 3, rise 2; a connect given up after 150 ms and retried once
+  on another server);
+- stock: keepalived advert_int 1 (its default and kubeadm's HA guide's) and haproxy's
+  default check timings (inter 2 s, fall 3, rise 2) with kubeadm's HA guide's `timeout
+  connect 5s` and `timeout check 10s`, everything else the same.
 Measured from this machine: GET /readyz through the VIP every 20 ms on a new connection
 (300 ms timeout); the VIP's holder read every 20 ms from each LB host's namespace. "API
 answering" is when the first request started after the last failed one got its answer.
@@ -47,19 +46,18 @@ from kubeha.access import ClusterAccess
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
-from kubeha.render.ha import KEEPALIVED_ADVERT_INT, KEEPALIVED_VRRP_RT_PRIORITY
+from kubeha.render.ha import KEEPALIVED_ADVERT_INT
 
 RESULTS = Path(__file__).parent / "results" / "failover.json"
 LAB_ID = "8"
 WATCH_SECONDS = 12.0
 INTERVAL = 0.02
-# kubeha's keepalived.conf made stock: keepalived's default advert interval and scheduling
-STOCK_KEEPALIVED_SED = (f"s/advert_int {KEEPALIVED_ADVERT_INT}$/advert_int 1/; "
-                        f"/vrrp_rt_priority {KEEPALIVED_VRRP_RT_PRIORITY}$/d")
+# kubeha's keepalived.conf made stock: keepalived's default advert interval
+STOCK_KEEPALIVED_SED = f"s/advert_int {KEEPALIVED_ADVERT_INT}$/advert_int 1/"
 
 
 def stock_settings(lab: Lab, cluster) -> None:
-    """keepalived at advert_int 1 and normal priority, and haproxy with its default check timings and the
+    """keepalived at advert_int 1 and haproxy with its default check timings and the
     timeouts of kubeadm's HA guide, on every LB host."""
     for host in cluster.lb_hosts:
         lab.on(host.name, ["sh", "-c", f"sed -i '{STOCK_KEEPALIVED_SED}' "

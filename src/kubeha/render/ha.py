@@ -56,13 +56,11 @@ def _haproxy_check(cluster: Cluster) -> dict[str, str | int]:
 # Giving up then and redispatching (`retries 1`) answers the client within a few hundred
 # ms while the dead server waits to be marked down (up to 1.8 s), instead of after 1 s.
 _HAPROXY_TIMEOUTS = {"connect": "150ms", "session": "1h"}
-# A dead holder is replaced after 3 missed adverts plus skew: ~0.35 s (VRRPv3 only). So
-# short a window is safe only because the VRRP process runs at real-time priority: a busy
-# host cannot delay its adverts (or a backup's reading of them) behind ordinary work, which
-# at 0.1 s without it caused false failovers on a loaded 2-core host. 30 stays below the
-# kernel's threaded interrupt handlers (50); keepalived's scripts run at normal priority.
+# A dead holder is replaced after 3 missed adverts plus skew: ~0.35 s (VRRPv3 only). A host
+# that stalls longer loses the VIP; the lab's tests under load on 2 cores saw none. Not at
+# real-time priority (vrrp_rt_priority): keepalived 2.2.7 then kills its own VRRP process on
+# the reload after a handoff (RLIMIT_RTTIME), and the VIP bounces between hosts.
 KEEPALIVED_ADVERT_INT = 0.1
-KEEPALIVED_VRRP_RT_PRIORITY = 30
 # The check goes through the local haproxy to an apiserver's /readyz: when the whole cluster
 # is slow, every LB host's check is slow together, and a strict check would release the VIP
 # everywhere at once. 3 misses of 2 s each tolerate a slow moment; a dead host is caught by
@@ -160,7 +158,6 @@ def render_keepalived_conf(
         priority=priority,
         preempt=preempt,
         advert_int=KEEPALIVED_ADVERT_INT,
-        vrrp_rt_priority=KEEPALIVED_VRRP_RT_PRIORITY,
         unicast_src_ip=str(host.address) if unicast and peer_addresses else None,
         peers=peer_addresses,
     )
