@@ -57,7 +57,7 @@ def _haproxy_check(cluster: Cluster) -> dict[str, str | int]:
 # ms while the dead server waits to be marked down (up to 1.8 s), instead of after 1 s.
 _HAPROXY_TIMEOUTS = {"connect": "150ms", "session": "1h"}
 # A dead holder is replaced after 3 missed adverts plus skew: ~0.35 s (VRRPv3 only). A host
-# that stalls longer loses the VIP; the lab's tests under load on 2 cores saw none. Not at
+# that stalls longer loses the VIP; the lab's full test run on 2 busy cores passes. Not at
 # real-time priority (vrrp_rt_priority): keepalived 2.2.7 then kills its own VRRP process on
 # the reload after a handoff (RLIMIT_RTTIME), and the VIP bounces between hosts.
 KEEPALIVED_ADVERT_INT = 0.1
