@@ -1162,10 +1162,9 @@ class Supervisor:
 
 def run_supervisor(name: str, lock_fd: int, starter: socket.socket) -> None:
     """The body of the detached supervisor process (never returns)."""
-    # Descriptors inherited from the caller (an SSH session's) must not stay open here,
-    # and the lock must not pass on to services (they would keep the unit "running").
-    os.set_inheritable(lock_fd, False)
-    starter.set_inheritable(False)
+    # Descriptors inherited from the caller (an SSH session's) must not stay open here. The
+    # lock and the starter socket stay, non-inheritable as Python opens them: the lock must
+    # not pass on to services (they would keep the unit "running").
     for entry in os.listdir("/proc/self/fd"):
         if int(entry) > 2 and int(entry) not in (lock_fd, starter.fileno()):
             try:
