@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.model import Cluster, Layout
 from kubeha.plan import Journal
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "availability.json"
 LAB_ID = "4"
@@ -161,8 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = [measure(Layout(args.layout)) for _ in range(args.runs)]
     result = {
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
+        **provenance(),
         "command": f"bench/availability.py --runs {args.runs} --layout {args.layout}", "runs": runs,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from kubeha.plan import Journal
 from kubeha.report import probe_totals
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "end_to_end.json"
 BENCH_LAB_ID = "7"
@@ -84,8 +83,7 @@ def main() -> None:
         runs, command = [run_demo(args.layout) for _ in range(args.runs)], f"bench/end_to_end.py --runs {args.runs}"
     operations = sorted({o["operation"] for run in runs for o in run})
     result = {
-        "date": datetime.now(timezone.utc).date().isoformat(),
-        "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
+        **provenance(),
         "command": command, "layout": args.layout, "runs": runs,
         "median_wall_seconds": {op: statistics.median(o["wall_seconds"] for run in runs for o in run
                                                       if o["operation"] == op) for op in operations},

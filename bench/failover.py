@@ -32,12 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import ssl
 import statistics
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -47,6 +45,7 @@ from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
 from kubeha.render.ha import KEEPALIVED_ADVERT_INT
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "failover.json"
 LAB_ID = "8"
@@ -207,8 +206,7 @@ def main() -> None:
         medians[f"{fault} {settings}"] = {
             key: (statistics.median(v) if (v := [r[key] for r in mine if r[key] is not None]) else None)
             for key in ("vip_moved_s", "api_answering_s", "failed_requests")}
-    result = {"date": datetime.now(timezone.utc).date().isoformat(),
-              "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
+    result = {**provenance(),
               "command": f"bench/failover.py --runs {args.runs}", "runs": runs, "medians": medians}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -54,8 +54,9 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
+
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "fanout.json"
 LAB_ID = "9"
@@ -517,12 +518,6 @@ def versions() -> dict[str, str]:
     return {"ansible": ansible, "asyncssh": asyncssh.__version__, "openssh": openssh, "python": platform.python_version()}
 
 
-def commit() -> str | None:
-    done = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True)
-    return done.stdout.strip() or None
-
-
 def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks: the lab and cgroups go
 
@@ -588,12 +583,10 @@ def main() -> None:
                 shutil.rmtree(work, ignore_errors=True)
     medians, ratios = summarise(runs, sizes)
     record = {
-        "benchmark": "fanout", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "kernel": platform.release(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
+        "benchmark": "fanout", **provenance(),
         "command": f"bench/fanout.py --hosts {','.join(map(str, sizes))} --runs {args.runs}"
                    + (f" --ansible-write {args.ansible_write}" if args.ansible_write != "replace" else ""),
-        "commit": commit(), "versions": versions(), "ansible_write": args.ansible_write,
+        "versions": versions(), "ansible_write": args.ansible_write,
         "sizes": sizes, "runs": runs, "medians": medians, "ratios": ratios,
     }
     record["markdown"] = markdown(record)

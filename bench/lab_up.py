@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from kubeha.lab import Lab, LabSpec
 from kubeha.model import Layout
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "lab_up.json"
 
@@ -57,9 +55,7 @@ def main() -> None:
             "median_memory_mib": statistics.median(r["memory_mib"] for r in runs),
         }
     record = {
-        "benchmark": "lab_up", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "kernel": platform.release(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
+        "benchmark": "lab_up", **provenance(),
         "command": "bench/lab_up.py --runs %d" % args.runs,
         "spec": "3 masters, 3 spares, 3 workers", "results": results,
     }

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -40,7 +39,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -55,6 +53,7 @@ from kubeha.lb import keepalived_priority
 from kubeha.model import Cluster, Host, Layout, Role
 from kubeha.pki.cluster import ClusterAuthorities, apiserver_files
 from kubeha.render import render_haproxy_cfg, render_keepalived_conf, render_node_proxy_conf
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "runbook_replay.json"
 LAB_ID = "5"
@@ -292,8 +291,7 @@ def main() -> None:
                    for measure in (measure_runbook, measure_kubeha)]
         print(json.dumps(run), flush=True)
         runs.append(run)
-    result = {"date": datetime.now(timezone.utc).date().isoformat(),
-              "machine": f"{os.cpu_count()} cores, Linux {platform.release()}",
+    result = {**provenance(),
               "command": " ".join(["bench/runbook_replay.py", *sys.argv[1:]]), "layout": SPEC.layout.value, "runs": runs}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

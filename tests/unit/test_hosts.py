@@ -24,6 +24,7 @@ from kubeha.hosts import (
     AuthenticationFailed, BackupSet, CommandFailed, CommandTimedOut, FileStat, Fleet,
     HostConnection, HostKeyMismatch, HostKeyUnknown, HostUnreachable, SshSettings,
 )
+from kubeha.hosts import files
 from kubeha.hosts.connection import sudo_refusal
 from kubeha.hosts.facts import HOSTNAME, IPV4_ADDRESSES, file_sha256, gather_fact
 from kubeha.model import Host
@@ -206,6 +207,30 @@ def test_get_file_and_stat(sshd, settings, tmp_path):
         assert await conn.get_file(tmp_path / "empty") == b""
 
     on_host(sshd, settings, action)
+
+
+def test_get_files_reads_many_in_one_command(sshd, settings, tmp_path):
+    binary = bytes(range(256)) * 3
+    (tmp_path / "blob").write_bytes(binary)
+    (tmp_path / "lines").write_bytes(b"a\n\nb\r\n-\n+")  # newlines and the markers inside
+    (tmp_path / "empty").write_bytes(b"")
+    paths = [tmp_path / "blob", tmp_path / "missing", tmp_path / "lines", tmp_path / "empty"]
+
+    async def action(conn: HostConnection):
+        assert await conn.get_files(paths) == [binary, None, b"a\n\nb\r\n-\n+", b""]
+        assert await conn.get_files([]) == []
+        (tmp_path / "unreadable").mkdir()
+        with pytest.raises(CommandFailed):  # a directory: base64 cannot read it, so no answer at all
+            await conn.get_files([tmp_path / "blob", tmp_path / "unreadable"])
+
+    on_host(sshd, settings, action)
+
+
+def test_parse_read_many_refuses_output_that_does_not_match():
+    assert files.parse_read_many(b"-\n+aGk=\n+\n", 3) == [None, b"hi", b""]
+    for stdout, count in ((b"-\n", 2), (b"hi\n", 1), (b"+!!\n", 1)):
+        with pytest.raises(ValueError):
+            files.parse_read_many(stdout, count)
 
 
 def test_put_file_is_atomic_and_sets_mode_and_owner(sshd, settings, tmp_path):

@@ -13,7 +13,6 @@ Three rounds, each through ``ClusterAccess``:
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 from collections.abc import Iterable, Sequence
@@ -83,8 +82,7 @@ def _host(address: IPv4Address, ssh: SshDefaults, roles: Iterable[Role] = (), na
 
 
 async def _read_files(conn: HostConnection, paths: Sequence[PurePosixPath]) -> dict[PurePosixPath, bytes | None]:
-    contents = await asyncio.gather(*(conn.get_file(p) for p in paths))
-    return dict(zip(paths, contents))
+    return dict(zip(paths, await conn.get_files(paths)))
 
 
 def _text(content: bytes | None) -> str | None:

@@ -249,6 +249,18 @@ class HostConnection(OpenedWhileUsed):
                                    accept=(0, files.MISSING))
         return None if done.returncode == files.MISSING else done.stdout
 
+    async def get_files(self, paths: Sequence[str | PurePosixPath]) -> list[bytes | None]:
+        """Each file's content (None where there is no such file), all read in one command."""
+        wanted = [_posix_path(path) for path in paths]
+        if not wanted:
+            return []
+        what = f"reading {', '.join(wanted[:3])}" + (f" and {len(wanted) - 3} more" if len(wanted) > 3 else "")
+        done = await self._execute(files.read_many_command(wanted), what)
+        try:
+            return files.parse_read_many(done.stdout, len(wanted))
+        except ValueError as e:
+            raise HostError(f"{self.name}: {what}: {e}") from e
+
     async def stat(self, path: str | PurePosixPath) -> FileStat | None:
         path = _posix_path(path)
         done = await self._execute(files.stat_command(path), f"inspecting {path}",

@@ -10,6 +10,7 @@ spliced into the script text.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -58,6 +59,15 @@ done
 """
 
 
+# For each path: "+" and its content in base64 on one line, or "-" when there is no such file
+# (base64: any bytes, one line each, so one command reads many files and they cannot run together).
+_READ_MANY = """set -e
+for f; do
+  if [ -e "$f" ]; then printf +; base64 -w0 -- "$f"; echo; else echo -; fi
+done
+"""
+
+
 @dataclass(frozen=True)
 class FileStat:
     mode: int  # permission bits, with setuid/setgid/sticky
@@ -78,6 +88,22 @@ def _sh(script: str, *args: str) -> list[str]:
 
 def read_command(path: str) -> list[str]:
     return _sh(_IF_EXISTS + 'exec cat -- "$1"', path)
+
+
+def read_many_command(paths: Iterable[str]) -> list[str]:
+    """Read every path in one command; see ``parse_read_many``."""
+    return _sh(_READ_MANY, *paths)
+
+
+def parse_read_many(stdout: bytes, count: int) -> list[bytes | None]:
+    """What ``read_many_command`` printed for ``count`` paths: each file's bytes, or None when
+    there was no such file."""
+    lines = stdout.splitlines()
+    if len(lines) != count:
+        raise ValueError(f"it printed {len(lines)} lines for {count} files")
+    if any(line[:1] not in (b"+", b"-") for line in lines):
+        raise ValueError("it printed a line that is neither a file's content nor '-'")
+    return [base64.b64decode(line[1:], validate=True) if line[:1] == b"+" else None for line in lines]
 
 
 def stat_command(path: str) -> list[str]:

@@ -160,10 +160,10 @@ def read_lb_state(access: ClusterAccess, cluster: Cluster) -> LbHostsState:
         missing = (await conn.run(["sh", "-c", _MISSING_SCRIPT, "sh", *(what for what, _ in requirements)])
                    ).stdout.split()
         units = [c.service.unit for c in mine]
-        states, pending, *contents = await asyncio.gather(
+        states, pending, contents = await asyncio.gather(
             conn.run(["systemctl", "is-active", *units], check=False),
             conn.run(["sh", "-c", f"ls {RELOAD_PENDING_DIR} 2>/dev/null; true"]),
-            *(conn.get_file(c.path) for c in mine))
+            conn.get_files([c.path for c in mine]))
         running = {(conn.name, unit) for unit, state in zip(units, states.stdout.split()) if state in _RUNNING}
         return ([package for what, package in requirements if what in missing],
                 {(conn.name, c.path): content for c, content in zip(mine, contents)},

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from kubernetes import client as k8s
 
@@ -100,9 +100,9 @@ def read_nodes_files(access: ClusterAccess, hosts: Iterable[Host]) -> tuple[dict
 
     async def read(conn: HostConnection) -> NodeFiles:
         ages = await gather_fact(conn, _kubelet_age_fact(cluster))
+        kubelet, kube_proxy = await conn.get_files([p.kubelet_kubeconfig, p.kube_proxy_kubeconfig])
         try:
-            return _node_files(ages, await conn.get_file(p.kubelet_kubeconfig),
-                             await conn.get_file(p.kube_proxy_kubeconfig))
+            return _node_files(ages, kubelet, kube_proxy)
         except InputError as e:  # a kubeconfig kubeha cannot read: that host's problem, said with its name
             raise HostError(f"{conn.name}: a kubeconfig: {e}") from None
 
@@ -234,13 +234,13 @@ def write_kubeconfigs(access: ClusterAccess, hosts: Sequence[Host], server: str,
     p = access.cluster.paths
 
     async def write(conn: HostConnection) -> None:
-        for path in (p.kubelet_kubeconfig, p.kube_proxy_kubeconfig):
-            text = await conn.get_file(path)
-            if text is None:
-                continue
-            changed = rewrite_kubeconfig_server(text.decode(), server)
-            if changed != text.decode():
-                await conn.put_file(path, changed.encode(), backup=backup)
+        paths = [p.kubelet_kubeconfig, p.kube_proxy_kubeconfig]
+        changed: dict[PurePosixPath, tuple[bytes, int | None]] = {}
+        for path, text in zip(paths, await conn.get_files(paths)):
+            if text is not None and (new := rewrite_kubeconfig_server(text.decode(), server)) != text.decode():
+                changed[path] = (new.encode(), None)  # None: the mode it has
+        if changed:
+            await conn.put_files(changed, backup=backup)
 
     outcomes = access.run_all(write, hosts=hosts)
     return {name: f"writing its kubeconfigs failed: {o.error}" for name, o in outcomes.items() if o.error is not None}
