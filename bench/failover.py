@@ -22,8 +22,10 @@ Settings:
   default check timings (inter 2 s, fall 3, rise 2) with kubeadm's HA guide's `timeout
   connect 5s` and `timeout check 10s`, everything else the same.
 Measured from this machine: GET /readyz through the VIP every 20 ms on a new connection
-(300 ms timeout); the VIP's holder read every 20 ms from each LB host's namespace. "API
-answering" is when the first request started after the last failed one got its answer.
+(300 ms timeout); the VIP's holder read every 20 ms from each LB host's namespace; the
+leader each other etcd member names, asked every 50 ms. "API answering" is when the first
+request started after the last failed one got its answer; "etcd elected" (only when the
+victim led etcd) when a member first named another leader.
 Writes bench/results/failover.json; BENCHMARKS.md summarises it.
 """
 
@@ -41,6 +43,8 @@ from pathlib import Path
 import httpx
 
 from kubeha.access import ClusterAccess
+from kubeha.etcd.errors import EtcdError
+from kubeha.etcd.gateway import EtcdClient
 from kubeha.inventory import load_inventory
 from kubeha.lab import Lab, LabSpec
 from kubeha.lab import namespaces as ns
@@ -51,6 +55,7 @@ RESULTS = Path(__file__).parent / "results" / "failover.json"
 LAB_ID = "8"
 WATCH_SECONDS = 12.0
 INTERVAL = 0.02
+ETCD_INTERVAL = 0.05  # each member other than the VIP holder asked for its leader
 # kubeha's keepalived.conf made stock: keepalived's default advert interval
 STOCK_KEEPALIVED_SED = f"s/advert_int {KEEPALIVED_ADVERT_INT}$/advert_int 1/"
 
@@ -82,10 +87,12 @@ def wait(condition, seconds: float) -> None:
 
 
 class Watch:
-    """Requests through the VIP and the VIP's holder, each on its own thread, timestamped."""
+    """Requests through the VIP, the VIP's holder and the etcd leader that the members other
+    than the VIP holder know, each on its own thread, timestamped."""
 
-    def __init__(self, lab: Lab, cluster) -> None:
+    def __init__(self, lab: Lab, cluster, etcd: EtcdClient, etcd_urls: list[str]) -> None:
         self.lab, self.cluster = lab, cluster
+        self.etcd, self.etcd_urls = etcd, etcd_urls
         tls = ssl.create_default_context(cafile=str(lab.paths.ca_cert))
         tls.load_cert_chain(str(lab.paths.admin_cert), str(lab.paths.admin_key))
         self.client = httpx.Client(base_url=cluster.endpoint, verify=tls, timeout=0.3,
@@ -93,8 +100,11 @@ class Watch:
         # (started, finished, answered 200)
         self.requests: list[tuple[float, float, bool]] = []
         self.holders: list[tuple[float, tuple[str, ...]]] = []
+        # (asked, the leader each member names: 0 for none, None for no answer)
+        self.leaders: list[tuple[float, tuple[int | None, ...]]] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._requests), threading.Thread(target=self._holders)]
+        self.threads = [threading.Thread(target=self._requests), threading.Thread(target=self._holders),
+                        threading.Thread(target=self._leaders)]
 
     def _requests(self) -> None:
         while not self.stop.is_set():
@@ -110,6 +120,18 @@ class Watch:
         while not self.stop.is_set():
             self.holders.append((time.time(), tuple(self.lab.vip_holders(self.cluster))))
             self.stop.wait(INTERVAL)
+
+    def _leaders(self) -> None:
+        while not self.stop.is_set():
+            asked = time.time()
+            self.leaders.append((asked, tuple(self._leader_at(url) for url in self.etcd_urls)))
+            self.stop.wait(max(0.0, ETCD_INTERVAL - (time.time() - asked)))
+
+    def _leader_at(self, url: str) -> int | None:
+        try:
+            return self.etcd.status(url, timeout=ETCD_INTERVAL).leader
+        except EtcdError:
+            return None
 
     def __enter__(self) -> Watch:
         for t in self.threads:
@@ -167,21 +189,30 @@ def measure(settings: str, fault: str) -> dict:
             stock_settings(lab, cluster)
         time.sleep(3)  # haproxy's checks settled
         with ClusterAccess(load_inventory(lab.paths.inventory)) as access:
-            etcd_leader = access.etcd().leader()[0].name
-        with Watch(lab, cluster) as watch:
-            time.sleep(1)
-            at, victim = inject(lab, cluster, fault)
-            time.sleep(WATCH_SECONDS)
+            etcd = access.etcd()
+            members = etcd.member_list()
+            leader = etcd.leader()[0]
+            holder = lab.vip_holders(cluster)[0]
+            others = [m.client_urls[0] for m in members if m.name != holder]
+            with Watch(lab, cluster, etcd, others) as watch:
+                time.sleep(1)
+                at, victim = inject(lab, cluster, fault)
+                time.sleep(WATCH_SECONDS)
         after = [r for r in watch.requests if r[0] >= at]
         failed = [started for started, _, ok in after if not ok]
         # when the first request started after the last failure got its answer
         answering = next((finished for started, finished, ok in after
                           if ok and (not failed or started > failed[-1])), None)
         moved = next((t for t, h in watch.holders if t >= at and set(h) - {victim}), None)
+        leader_killed = leader.name == victim and fault != "apiserver-killed"
+        # asked when a member first named a leader other than the dead one: etcd usable again
+        elected = next((asked for asked, named in watch.leaders
+                        if asked >= at and any(n not in (None, 0, leader.id) for n in named)), None)
         return {
             # the victim led etcd: every apiserver's /readyz fails until etcd elects another
-            "settings": settings, "fault": fault, "victim": victim, "etcd_leader_killed": etcd_leader == victim,
+            "settings": settings, "fault": fault, "victim": victim, "etcd_leader_killed": leader_killed,
             "vip_moved_s": round(moved - at, 3) if moved and fault != "apiserver-killed" else None,
+            "etcd_elected_s": round(elected - at, 3) if elected and leader_killed else None,
             "api_answering_s": round(answering - at, 3) if answering else None,
             "failed_requests": len(failed), "requests": len(after),
         }
@@ -205,7 +236,7 @@ def main() -> None:
         mine = [r for r in runs if (r["settings"], r["fault"]) == (settings, fault)]
         medians[f"{fault} {settings}"] = {
             key: (statistics.median(v) if (v := [r[key] for r in mine if r[key] is not None]) else None)
-            for key in ("vip_moved_s", "api_answering_s", "failed_requests")}
+            for key in ("vip_moved_s", "etcd_elected_s", "api_answering_s", "failed_requests")}
     result = {**provenance(),
               "command": f"bench/failover.py --runs {args.runs}", "runs": runs, "medians": medians}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
