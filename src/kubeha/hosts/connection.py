@@ -254,7 +254,7 @@ class HostConnection(OpenedWhileUsed):
         wanted = [_posix_path(path) for path in paths]
         if not wanted:
             return []
-        what = f"reading {', '.join(wanted[:3])}" + (f" and {len(wanted) - 3} more" if len(wanted) > 3 else "")
+        what = f"reading {_first_paths(wanted)}"
         done = await self._execute(files.read_many_command(wanted), what)
         try:
             return files.parse_read_many(done.stdout, len(wanted))
@@ -292,8 +292,7 @@ class HostConnection(OpenedWhileUsed):
         wanted = [_posix_path(path) for path in paths]
         if wanted:
             await self._back_up(wanted, backup)
-            await self._execute(files.remove_command(*wanted), f"removing {', '.join(wanted[:3])}"
-                                + (f" and {len(wanted) - 3} more" if len(wanted) > 3 else ""))
+            await self._execute(files.remove_command(*wanted), f"removing {_first_paths(wanted)}")
 
     async def restore(self, backup: BackupSet) -> tuple[BackupEntry, ...]:
         """Put every file the backup saved back as it was; returns the entries restored."""
@@ -325,7 +324,7 @@ class HostConnection(OpenedWhileUsed):
             names = [manifest.saved_name(path, later=i) for i, path in enumerate(todo)]
             done = await self._execute(
                 files.save_copies_command((path, str(backup.directory / name)) for path, name in zip(todo, names)),
-                f"backing up {', '.join(todo[:3])}" + (f" and {len(todo) - 3} more" if len(todo) > 3 else ""))
+                f"backing up {_first_paths(todo)}")
             stats = files.parse_saved(_text(done.stdout))
             if len(stats) != len(todo):
                 raise HostError(f"{self.name}: backing up {len(todo)} files printed {len(stats)} results")
@@ -357,6 +356,11 @@ class HostConnection(OpenedWhileUsed):
         finally:
             listener.close()
             await listener.wait_closed()
+
+
+def _first_paths(paths: Sequence[str]) -> str:
+    """Paths as a message names them: the first three, then how many more."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _text(output: bytes | str | None) -> str:
