@@ -70,10 +70,11 @@ def _kubelet_age_fact(cluster: Cluster) -> Fact[tuple[int, ...] | None]:
     """Seconds since the running kubelet started, then since each kubeconfig last changed; None
     when no kubelet runs. (``ps`` and ``stat`` on the node: one clock.)"""
     p = cluster.paths
-    # a kubelet whose age cannot be read prints "-": not a number, so not current
+    # a kubelet whose age cannot be read prints "-": not a number, so not current; ps -q reads
+    # that one process (ps -p reads all of /proc: ~30 ms of CPU on a node with 1000 processes)
     command = ('pid=$(systemctl show -p MainPID --value kubelet 2>/dev/null); '
                '[ -n "$pid" ] && [ "$pid" != 0 ] || exit 0; now=$(date +%s); '
-               'age=$(ps -o etimes= -p "$pid" | tr -d " "); printf "%s" "${age:--}"; '
+               'age=$(ps -q "$pid" -o etimes= | tr -d " "); printf "%s" "${age:--}"; '
                f'for f in {shlex.quote(str(p.kubelet_kubeconfig))} {shlex.quote(str(p.kube_proxy_kubeconfig))}; do '
                '[ -e "$f" ] && printf " %s" $((now - $(stat -c %Y "$f"))); done; echo')
     return Fact("kubelet's age and its kubeconfigs' ages", ["sh", "-c", command], _parse_ages)
