@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import marshal
 import os
 import platform
 import shlex
@@ -296,8 +297,8 @@ class Hosts:
     def kubelet_pid(self, host: str) -> int | None:
         """The pid of the running kubelet, from the systemctl stand-in's state."""
         try:
-            state = json.loads(self.file(host, "/run/kubeha-systemd/kubelet.service.json").read_text())
-        except (OSError, ValueError):
+            state = marshal.loads(self.file(host, "/run/kubeha-systemd/kubelet.service.state").read_bytes())
+        except (OSError, ValueError, EOFError):
             return None
         pid = state.get("main_pid")
         return pid if state.get("state") == "active" and pid and Path(f"/proc/{pid}").exists() else None

@@ -413,7 +413,7 @@ EOF
 systemctl start conditional; echo "conditional=$?"
 systemctl is-active conditional
 systemctl start sleeper
-supervisor=$(python3 -c 'import json; print(json.load(open("/run/kubeha-systemd/sleeper.service.json"))["supervisor_pid"])')
+supervisor=$(python3 -c 'import marshal; print(marshal.load(open("/run/kubeha-systemd/sleeper.service.state", "rb"))["supervisor_pid"])')
 kill -9 "$supervisor"; sleep 0.2
 systemctl is-active sleeper; echo "after-supervisor-death=$?"
 """)

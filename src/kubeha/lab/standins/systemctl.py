@@ -14,8 +14,10 @@ Per unit, under ``/run/kubeha-systemd/``:
 
 - ``<unit>.lock``: flock held by the live supervisor, so a dead supervisor (killed, or a
   lab host "rebooted") is never mistaken for a running unit; its state reads inactive;
-- ``<unit>.json``: state written by the supervisor (pids, active state, result, restarts);
-- ``<unit>.ctl``: the supervisor's control socket (one JSON request, one JSON reply);
+- ``<unit>.state``: state written by the supervisor (pids, active state, result, restarts),
+  a ``marshal``-ed dict;
+- ``<unit>.ctl``: the supervisor's control socket (a request is a verb and a newline, the
+  reply a ``marshal``-ed dict, then the supervisor closes the connection);
 - ``<unit>.notify``: the ``NOTIFY_SOCKET`` of ``Type=notify`` services.
 
 Service output goes to ``/var/log/kubeha-systemd/<unit>.log``, one timestamp per line.
@@ -32,16 +34,20 @@ not running is read from disk afresh. Start rate limits (StartLimit*) are not en
 
 from __future__ import annotations
 
+# Every systemctl call is an interpreter's start, and the lab makes thousands (four per host
+# and repoint in the fan-out benchmark): this file imports only modules written in C. json,
+# re, socket and signal would pull in enum, functools and collections, 11 of a call's 21 ms
+# of CPU where systemd's own systemctl takes a few; so state and replies are marshal-ed, the
+# sockets and signals are _socket's and _signal's, and re loads only where a pattern is needed.
+import _signal
+import _socket
 import fcntl
 import grp
-import json
+import marshal
 import os
 import pwd
-import re
 import resource
 import select
-import signal
-import socket
 import sys
 import time
 
@@ -74,7 +80,11 @@ EXIT_UNKNOWN = 4
 EXIT_NOT_FOUND = 5
 
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading")
-CLEAN_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
+CLEAN_SIGNALS = (_signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM, _signal.SIGPIPE)
+# signal numbers to names, as signal.Signals has them (without its aliases)
+SIGNAL_NAMES = {number: name for name, number in vars(_signal).items()
+                if name.startswith("SIG") and not name.startswith("SIG_")
+                and name not in ("SIGIOT", "SIGCLD", "SIGPOLL")}
 DEFAULT_TIMEOUT = 90.0
 # Exit statuses systemd gives its own failures to set up a process.
 EXIT_CHDIR, EXIT_EXEC, EXIT_USER = 200, 203, 217
@@ -180,7 +190,9 @@ class Unit:
             return text
         table = {"n": self.name, "N": self.name[: -len(".service")], "p": self.prefix,
                  "P": self.prefix, "i": self.instance, "I": self.instance,
-                 "H": socket.gethostname(), "t": "/run", "%": "%"}
+                 "H": _socket.gethostname(), "t": "/run", "%": "%"}
+        import re
+
         return re.sub(r"%(.)", lambda m: table.get(m.group(1), m.group(0)), text)
 
     def check(self) -> None:
@@ -235,6 +247,11 @@ def parse_timespan(text: str, default: float, *, zero_is_infinite: bool = False)
         return default
     if text == "infinity":
         return float("inf")
+    if text.replace(".", "", 1).isdigit():
+        total = float(text)
+        return float("inf") if zero_is_infinite and total == 0 else total
+    import re
+
     total = 0.0
     for number, unit in re.findall(r"([\d.]+)\s*([a-z]*)", text):
         total += float(number) * _TIME_UNITS.get(unit, 1)
@@ -284,6 +301,11 @@ def expand_words(words: list[str], env: dict[str, str]) -> list[str]:
     """``$VAR`` as a whole word splits into words, ``${VAR}`` is one word, ``$$`` is ``$``."""
     out: list[str] = []
     for word in words:
+        if "$" not in word:
+            out.append(word)
+            continue
+        import re
+
         whole = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
         if whole:
             out += env.get(whole.group(1), "").split()
@@ -297,7 +319,7 @@ class Command:
     """One Exec*= line: its prefixes and words (specifiers expanded, variables not yet)."""
 
     def __init__(self, line: str):
-        prefix = re.match(r"[-@+!:]*", line).group(0)
+        prefix = line[: len(line) - len(line.lstrip("-@+!:"))]
         self.ignore_failure = "-" in prefix
         self.privileged = "+" in prefix or "!" in prefix
         self.argv0_given = "@" in prefix
@@ -319,6 +341,8 @@ def read_environment_file(path: str) -> dict[str, str]:
     with open(path, encoding="utf-8", errors="replace") as f:
         for _, key, value in parse_ini("[x]\n" + f.read()):
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                import re
+
                 value = value[1:-1] if value[0] == "'" else \
                     re.sub(r"\\(.)", r"\1", value[1:-1])
             env[key] = value
@@ -384,9 +408,9 @@ def state_path(name: str, suffix: str) -> str:
 def read_state(name: str) -> dict:
     """The unit's state; running states of a dead supervisor read as inactive."""
     try:
-        with open(state_path(name, ".json")) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
+        with open(state_path(name, ".state"), "rb") as f:
+            state = marshal.load(f)
+    except (OSError, ValueError, EOFError, TypeError):
         state = {}
     if not state or (state.get("state") in RUNNING_STATES and not supervisor_alive(name)):
         return {"state": "inactive", "substate": "dead", "result": state.get("result", "success")}
@@ -407,10 +431,11 @@ def supervisor_alive(name: str) -> bool:
         os.close(fd)
 
 
-def write_json_atomically(path: str, data: dict) -> None:
+def write_state(name: str, state: dict) -> None:
+    path = state_path(name, ".state")
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
+    with open(tmp, "wb") as f:
+        marshal.dump(state, f)
     os.replace(tmp, path)
 
 
@@ -482,7 +507,7 @@ def parse_signal(text: str) -> int:
     if text.isdigit():
         return int(text)
     try:
-        return int(getattr(signal, text if text.startswith("SIG") else "SIG" + text))
+        return int(getattr(_signal, text if text.startswith("SIG") else "SIG" + text))
     except AttributeError:
         raise UnitError(f"Failed to parse signal string {text}.") from None
 
@@ -497,7 +522,7 @@ def exit_description(status: int) -> tuple[str, int, str]:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = "dumped" if os.WCOREDUMP(status) else "killed"
-        return code, sig, f"code={code}, status={sig}/{signal.Signals(sig).name[3:]}"
+        return code, sig, f"code={code}, status={sig}/{SIGNAL_NAMES[sig][3:]}"
     code = os.WEXITSTATUS(status)
     names = {0: "SUCCESS", 1: "FAILURE", 2: "INVALIDARGUMENT", EXIT_CHDIR: "CHDIR",
              EXIT_EXEC: "EXEC", EXIT_USER: "USER"}
@@ -510,13 +535,12 @@ def exit_description(status: int) -> tuple[str, int, str]:
 class Conn:
     """A requester waiting for a reply: a control-socket client or the starting systemctl."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: _socket.socket):
         self.sock = sock
 
     def reply(self, ok: bool, result: str = "success", message: str = "") -> None:
         try:
-            self.sock.sendall(json.dumps({"ok": ok, "result": result,
-                                          "message": message}).encode() + b"\n")
+            self.sock.sendall(marshal.dumps({"ok": ok, "result": result, "message": message}))
         except OSError:
             pass  # the caller gave up waiting (--no-block or a closed SSH session)
         self.sock.close()
@@ -561,20 +585,20 @@ class Supervisor:
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.requests.append(("stop", None)))
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _signal.set_wakeup_fd(wake_w)
+        _signal.signal(_signal.SIGCHLD, lambda *_: None)
+        for sig in (_signal.SIGTERM, _signal.SIGINT):
+            _signal.signal(sig, lambda *_: self.requests.append(("stop", None)))
+        _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
         self.notify_path = state_path(self.name, ".notify")
-        self.notify = self.bind(socket.SOCK_DGRAM, self.notify_path)
+        self.notify = self.bind(_socket.SOCK_DGRAM, self.notify_path)
         os.chmod(self.notify_path, 0o666)  # services running as User= must reach it
-        self.ctl = self.bind(socket.SOCK_STREAM, state_path(self.name, ".ctl"))
+        self.ctl = self.bind(_socket.SOCK_STREAM, state_path(self.name, ".ctl"))
         self.ctl.listen(16)
 
     @staticmethod
-    def bind(kind: int, path: str) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, kind)
+    def bind(kind: int, path: str) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, kind)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -662,17 +686,16 @@ class Supervisor:
 
     def accept_request(self) -> None:
         try:
-            sock, _ = self.ctl.accept()
+            sock = accept(self.ctl)
         except BlockingIOError:
             return
         sock.settimeout(2)
         try:
-            request = json.loads(sock.makefile().readline())
+            op = read_request(sock)
         except (OSError, ValueError):
             sock.close()
             return
         sock.setblocking(True)
-        op = request.get("op", "")
         if op == "daemon-reload":
             # PID 1 reloads whatever a unit is doing: a unit that never becomes active (a
             # Restart=always loop of a failing start) must not hold up every daemon-reload
@@ -704,7 +727,7 @@ class Supervisor:
     def save(self) -> None:
         self.state.update(main_pid=self.main_pid, main_pgid=self.main_pgid,
                           pgid=self.pgid, status_text=self.status_text)
-        write_json_atomically(state_path(self.name, ".json"), self.state)
+        write_state(self.name, self.state)
 
     def set_main(self, pid: int) -> None:
         self.main_pid = pid
@@ -743,9 +766,9 @@ class Supervisor:
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(self.out_w, 1)
             os.dup2(self.out_w, 2)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)  # ignored dispositions survive exec
-            signal.set_wakeup_fd(-1)
+            for sig in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGHUP):
+                _signal.signal(sig, _signal.SIG_DFL)  # ignored dispositions survive exec
+            _signal.set_wakeup_fd(-1)
             os.umask(0o022)
             os.nice(lab_nice(self.name))
             if limit:
@@ -814,9 +837,9 @@ class Supervisor:
         return "success" if command.ignore_failure else result
 
     def kill_control(self, pid: int) -> None:
-        send_signal([pid], signal.SIGTERM)
+        send_signal([pid], _signal.SIGTERM)
         if not self.wait_until(lambda: pid in self.exited, time.monotonic() + 5, abortable=False):
-            send_signal([pid], signal.SIGKILL)
+            send_signal([pid], _signal.SIGKILL)
             self.wait_until(lambda: pid in self.exited, time.monotonic() + 5, abortable=False)
         self.exited.pop(pid, None)
 
@@ -825,7 +848,7 @@ class Supervisor:
         success = self.unit.service("SuccessExitStatus").split()
         if code == "exited":
             return "success" if number == 0 or str(number) in success else "exit-code"
-        names = {signal.Signals(number).name, signal.Signals(number).name[3:], str(number)}
+        names = {SIGNAL_NAMES[number], SIGNAL_NAMES[number][3:], str(number)}
         clean = main and self.unit.type != "oneshot" and number in CLEAN_SIGNALS
         if clean or names & set(success):
             return "success"
@@ -966,12 +989,12 @@ class Supervisor:
         if mode != "none" and targets:
             self.set_state("deactivating", "stop-sigterm")
             send_signal(targets, kill_signal)
-            send_signal(targets, signal.SIGCONT)
+            send_signal(targets, _signal.SIGCONT)
             gone = (lambda: not self.members()) if whole_group else (lambda: not self.main_alive())
             if not self.wait_until(gone, deadline, abortable=False):
                 self.log("State 'stop-sigterm' timed out. Killing.")
                 send_signal(self.members() if mode != "process" else [self.main_pid],
-                            signal.SIGKILL)
+                            _signal.SIGKILL)
                 self.wait_until(gone, time.monotonic() + 5, abortable=False)
                 result = "timeout"
         if self.main_pid in self.exited and result == "success":
@@ -979,7 +1002,7 @@ class Supervisor:
         self.run_commands("ExecStopPost", time.monotonic() + unit.seconds(
             "TimeoutStopSec", DEFAULT_TIMEOUT), abortable=False)
         if mode in ("control-group", "mixed"):
-            send_signal(self.members(), signal.SIGKILL)
+            send_signal(self.members(), _signal.SIGKILL)
             self.wait_until(lambda: not self.members(), time.monotonic() + 5, abortable=False)
         self.remove_runtime_directories()
         return result
@@ -1160,7 +1183,7 @@ class Supervisor:
         self.requests = []
 
 
-def run_supervisor(name: str, lock_fd: int, starter: socket.socket) -> None:
+def run_supervisor(name: str, lock_fd: int, starter: _socket.socket) -> None:
     """The body of the detached supervisor process (never returns)."""
     # Descriptors inherited from the caller (an SSH session's) must not stay open here. The
     # lock and the starter socket stay, non-inheritable as Python opens them: the lock must
@@ -1202,7 +1225,7 @@ def run_supervisor(name: str, lock_fd: int, starter: socket.socket) -> None:
     ctl = getattr(supervisor, "ctl", None)
     while ctl:
         try:
-            Conn(ctl.accept()[0]).reply(False, "gone")
+            Conn(accept(ctl)).reply(False, "gone")
         except OSError:
             break
     os._exit(code)
@@ -1214,19 +1237,19 @@ def standalone_argv() -> list[str]:
     the ``kubeha`` packages import, and Python caches the bytecode (a script run by its path is
     compiled every time: ~4 MB more RSS, in every supervisor too, each a fork of a ``systemctl
     start``). The wrappers the lab puts in place of ``systemctl`` and ``journalctl`` run it:
-    ~3 ms less per call than ``python -m`` (22 ms, not 25)."""
+    ~3 ms less per call than ``python -m``."""
     here, module = os.path.split(os.path.abspath(__file__))
     name = module[:-3]
     return [sys.executable, "-I", "-S", "-c",
             f"import sys; sys.path.append({here!r}); import {name}; sys.exit({name}.main())"]
 
 
-def spawn_supervisor(name: str, lock_fd: int) -> socket.socket:
+def spawn_supervisor(name: str, lock_fd: int) -> _socket.socket:
     """Double-fork a supervisor in a session of its own; a socket that gets the start result.
     The supervisor is this process forked, not a new interpreter: this process runs the file
     alone (``standalone_argv``), so it holds nothing a supervisor must not, and a restart saves
     an interpreter's start (~20 ms of CPU). ``ps`` shows it with the command that started it."""
-    ours, theirs = socket.socketpair()
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         ours.close()
@@ -1253,7 +1276,7 @@ class Options:
         self.now = False
         self.value = False
         self.properties: list[str] = []
-        self.signal = signal.SIGTERM
+        self.signal = _signal.SIGTERM
         self.kill_whom = "all"
         self.lines = 10
 
@@ -1269,7 +1292,7 @@ def request(name: str, op: str, *, wait: bool = True) -> dict | None:
     path = state_path(name, ".ctl")
     deadline = time.monotonic() + 5
     while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(path)
             break
@@ -1279,22 +1302,42 @@ def request(name: str, op: str, *, wait: bool = True) -> dict | None:
             if not supervisor_alive(name) or time.monotonic() > deadline:
                 return None
             time.sleep(0.05)
-    with sock:
-        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+    try:
+        sock.sendall(op.encode() + b"\n")
         if not wait:
             return {"ok": True, "result": "queued"}
         reply = read_reply(sock)
+    finally:
+        sock.close()
     return None if reply.get("result") == "gone" else reply
 
 
-def read_reply(sock: socket.socket) -> dict:
+def accept(listening: _socket.socket) -> _socket.socket:
+    fd, _ = listening._accept()
+    return _socket.socket(fileno=fd)
+
+
+def read_request(sock: _socket.socket) -> str:
+    """The verb a control-socket client sent (a word and a newline)."""
     data = b""
     while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            return {"ok": False, "result": "resources"}
+        chunk = sock.recv(256)
+        if not chunk or len(data) > 256:
+            raise ValueError("not a request")
         data += chunk
-    return json.loads(data)
+    return data.decode().strip()
+
+
+def read_reply(sock: _socket.socket) -> dict:
+    """The supervisor's reply: all it sends before it closes the connection."""
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    try:
+        reply = marshal.loads(data)
+    except (EOFError, ValueError, TypeError):
+        return {"ok": False, "result": "resources"}  # it died before it could answer
+    return reply
 
 
 def job_failed(name: str, verb: str, reply: dict) -> None:
@@ -1328,13 +1371,13 @@ def start(name: str, opts: Options) -> None:
                 continue
         else:
             # Until the supervisor writes its own, is-active must not read the old state.
-            write_json_atomically(state_path(name, ".json"), {
+            write_state(name, {
                 "state": "activating", "substate": "start", "result": "success"})
             sock = spawn_supervisor(name, lock_fd)
             if opts.no_block:
                 return
-            with sock:
-                reply = read_reply(sock)
+            reply = read_reply(sock)
+            sock.close()
         if not reply["ok"]:
             job_failed(name, "start", reply)
         return
@@ -1343,7 +1386,7 @@ def start(name: str, opts: Options) -> None:
 
 def stop(name: str, opts: Options) -> None:
     if not supervisor_alive(name):
-        if find_fragment(name, None) is None and not os.path.exists(state_path(name, ".json")):
+        if find_fragment(name, None) is None and not os.path.exists(state_path(name, ".state")):
             raise UnitError(f"Failed to stop {name}: Unit {name} not loaded.", EXIT_NOT_FOUND)
         return
     reply = request(name, "stop", wait=not opts.no_block)
@@ -1677,9 +1720,8 @@ def systemctl(argv: list[str]) -> int:
     if verb == "reset-failed":
         for name in names:
             if read_state(name)["state"] == "failed" and not supervisor_alive(name):
-                write_json_atomically(state_path(name, ".json"),
-                                      dict(read_state(name), state="inactive", substate="dead",
-                                           result="success"))
+                write_state(name, dict(read_state(name), state="inactive", substate="dead",
+                                       result="success"))
         return 0
     raise UnitError(f"Unknown command verb {verb}.")
 
