@@ -237,8 +237,11 @@ def write_kubeconfigs(access: ClusterAccess, hosts: Sequence[Host], server: str,
     async def write(conn: HostConnection) -> None:
         paths = [p.kubelet_kubeconfig, p.kube_proxy_kubeconfig]
         changed: dict[PurePosixPath, tuple[bytes, int | None]] = {}
-        for path, text in zip(paths, await conn.get_files(paths)):
-            if text is not None and (new := rewrite_kubeconfig_server(text.decode(), server)) != text.decode():
+        for path, content in zip(paths, await conn.get_files(paths)):
+            if content is None:
+                continue
+            text = content.decode()
+            if (new := rewrite_kubeconfig_server(text, server)) != text:
                 changed[path] = (new.encode(), None)  # None: the mode it has
         if changed:
             await conn.put_files(changed, backup=backup)
