@@ -173,13 +173,41 @@ def test_migrate_masters_repoints_apiservers_naming_every_member_and_accepts_lat
     assert repoints[0].arguments["accepted"] == [s.arguments["etcd_servers"] for s in repoints]
     final = repoints[-1].arguments["etcd_servers"]
     assert final == ["https://10.0.0.11:2379", "https://10.0.0.21:2379", "https://10.0.0.22:2379"]
-    # an old master's apiserver, repointed while its new one joins, is stopped for good later:
-    # a resumed run that finds it stopped has nothing to repoint
+    # an old master's apiserver, repointed off the first pair's old member, is stopped for good
+    # later: a resumed run that finds it stopped has nothing to repoint
     ids = [s.id for s in p.steps]
-    leaving = [s for s in p.steps if s.kind == "apiserver-etcd-servers" and s.arguments["host"] == "master2"]
-    assert leaving and all(s.arguments["stopped_by"] == "stop-kube-apiserver-master2" for s in leaving)
-    assert all(ids.index(s.id) < ids.index("stop-kube-apiserver-master2") for s in leaving)
+    leaving = [s for s in p.steps if s.kind == "apiserver-etcd-servers" and s.arguments["host"] == "master3"]
+    assert leaving and all(s.arguments["stopped_by"] == "stop-kube-apiserver-master3" for s in leaving)
+    assert all(ids.index(s.id) < ids.index("stop-kube-apiserver-master3") for s in leaving)
     assert not any("stopped_by" in s.arguments for s in repoints)
+
+
+def test_migrate_masters_restarts_an_apiserver_only_to_take_it_off_a_leaving_member():
+    # kubeasz: every apiserver names every member. add-master repoints each at the new member;
+    # within a migration that restart is left out, as the removal that follows repoints it anyway
+    cluster = lab_cluster(Layout.KUBEASZ)
+    urls = tuple(f"https://{h.address}:2379" for h in cluster.etcd_members)
+    facts = facts_for(cluster, apiserver_etcd_servers={m.name: urls for m in cluster.masters})
+    p = migrate(cluster, "master1=spare1,master2=spare2,master3=spare3", facts)
+    registry.validate(p)
+    ids = [s.id for s in p.steps]
+    repoints = [s for s in p.steps if s.kind == "apiserver-etcd-servers"]
+    # 3 per removal: the apiservers that name the leaving member and keep serving
+    assert len(repoints) == 9
+    for s in repoints:
+        leaving = next(step.arguments["host"] for step in p.steps[ids.index(s.id):] if step.kind == "etcd-remove-member")
+        assert any(c.before and f"{cluster.host(leaving).address}:" in c.before for c in s.changes)
+    # the change shows the list the apiserver has then: the old members, not the joined one
+    # (master1 leads etcd: its pair goes last, master2's first)
+    first = next(s for s in repoints if s.arguments["host"] == "master1")
+    assert first.changes[0].before == ",".join(urls)
+    assert first.arguments["etcd_servers"] == ["https://10.0.0.11:2379", "https://10.0.0.13:2379", "https://10.0.0.22:2379"]
+    finals = {s.arguments["host"]: s.arguments["etcd_servers"] for s in repoints}
+    assert {finals[f"spare{i}"] == ["https://10.0.0.21:2379", "https://10.0.0.22:2379", "https://10.0.0.23:2379"]
+            for i in (1, 2)} == {True}
+    results = simulate(p, cluster, model_from_facts(cluster, facts))
+    assert violations(results) == []
+    assert results[-1].after.readers["spare3"] == {"spare1", "spare2", "spare3"}
 
 
 def test_migrate_masters_refuses_bad_pairs_before_asking_a_host():

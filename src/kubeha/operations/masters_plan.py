@@ -401,7 +401,8 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
     old one removed, each as ``add-master`` and ``remove-master`` do it, the inventory
     rewritten after each; then each etcd member restarted, new ones first, with an
     --initial-cluster that names the members it now has (a new one's first start had to
-    name the old ones; a staying one's names them still).
+    name the old ones; a staying one's names them still). An apiserver is not restarted to
+    name a member that just joined when a later step repoints or stops it anyway.
     ``nodes_first``: steps that point nodes naming an old master elsewhere, before any goes."""
     change = migration_change(cluster, pairs)
     reasons = refusals(cluster, change, facts, even_ok=True)
@@ -415,6 +416,7 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
     steps = [snapshot_step(operation_id, ordered[0][1], snapshot_dir)] if change.adds or change.removes else []
     steps += nodes_first
     state, digest = cluster, inventory_digest
+    joined: set[str] = set()  # ids of the repoints that name a member that just joined
     for old, new in ordered:
         for adding, name in ((True, new.name), (False, old.name)):
             host, part = master_change(state, name, adding)
@@ -428,7 +430,10 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
                                      f"{name} {'a master' if adding else 'no longer a master'}",
                                      step_id=f"update-inventory-{'add' if adding else 'remove'}-{name}")
             digest = rewrite.arguments["digest"]  # type: ignore[assignment]
-            steps += _unique(steps, part_steps, name) + [rewrite]
+            part_steps = _unique(steps, part_steps, name)
+            joined |= {s.id for s in part_steps if adding and s.kind == "apiserver-etcd-servers"}
+            steps += part_steps + [rewrite]
+    steps = _superseded_dropped(steps, joined)
     # a member staying still names the old ones in its --initial-cluster: harmless until its
     # data dir is wiped and it joins again, at addresses that may be another machine's by then.
     # With fewer than 3 members a restart stops etcd (1) or its quorum (2): the flag is left.
@@ -438,6 +443,30 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
               for host in members]
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(accept_later_values(_stopped_later(steps))))
+
+
+def _superseded_dropped(steps: Sequence[Step], joined: set[str]) -> list[Step]:
+    """``steps`` without each apiserver repoint of ``joined`` that a later step repoints
+    again or stops for good: it would restart the apiserver only to add a member that just
+    joined to a list that names live ones; the later repoint adds it (its change then shows
+    the list the apiserver still has)."""
+    def touches(step: Step, host: object) -> bool:
+        return step.arguments.get("host") == host and (step.kind == "apiserver-etcd-servers" or (
+            step.kind == "master-component" and step.arguments.get("component") == APISERVER
+            and not step.arguments.get("start")))
+
+    kept: list[Step] = []
+    unchanged: dict[object, str | None] = {}  # host -> the list its dropped repoint found
+    for i, step in enumerate(steps):
+        host = step.arguments.get("host")
+        if step.id in joined and any(touches(later, host) for later in steps[i + 1:]):
+            unchanged.setdefault(host, step.changes[0].before)
+            continue
+        if step.kind == "apiserver-etcd-servers" and host in unchanged:
+            first = step.changes[0].model_copy(update={"before": unchanged.pop(host)})
+            step = step.model_copy(update={"changes": (first, *step.changes[1:])})
+        kept.append(step)
+    return kept
 
 
 def _stopped_later(steps: Sequence[Step]) -> list[Step]:
