@@ -314,8 +314,9 @@ class ClusterAccess:
     def remove_files(self, host: str | Host, paths: Sequence[str | PurePosixPath], *, backup: BackupSet) -> None:
         self._call(self.connection(host).remove_files(paths, backup=backup))
 
-    def restore(self, host: str | Host, backup: BackupSet) -> tuple[BackupEntry, ...]:
-        return self._call(self.connection(host).restore(backup))
+    def restore(self, host: str | Host, backup: BackupSet,
+                paths: Sequence[str | PurePosixPath] | None = None) -> tuple[BackupEntry, ...]:
+        return self._call(self.connection(host).restore(backup, paths))
 
     # ---- routes --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from kubeha.operations.masters_plan import (
     add_master_plan, master_change, migrate_masters_plan, migration_pairs, remove_master_plan,
 )
 from kubeha.operations.nodes_plan import NodeFiles, RepointFacts, RepointRequest, node_hosts, repoint_plan
-from kubeha.operations.restart_plan import parse_components, restart_hosts, rolling_restart_plan
+from kubeha.operations.restart_plan import parse_components, parse_flag_settings, restart_hosts, rolling_restart_plan
 from kubeha.operations.simulator import ApiFacts, model_from_facts, simulate
 from kubeha.plan import Plan, Step
 
@@ -108,12 +108,12 @@ def plan_for(cluster: Cluster, adds=(), removes=(), facts: EtcdFacts | None = No
 
 
 def restart_plan(cluster: Cluster, components: str = "", hosts: str = "", leader_host: str | None = None,
-                 unhealthy: Sequence[str] = ()) -> Plan:
+                 unhealthy: Sequence[str] = (), set_flags: str = "") -> Plan:
     chosen = parse_components(components)
     return rolling_restart_plan(operation="rolling-restart", operation_id="rolling-restart-1", arguments={},
                                 cluster=cluster, components=chosen, hosts=restart_hosts(cluster, chosen, hosts),
                                 leader_host=leader_host, unhealthy_members=unhealthy, inventory_digest="sha256:a",
-                                now=NOW)
+                                now=NOW, flags=parse_flag_settings(set_flags))
 
 
 def repoint_for(cluster: Cluster, api: ApiFacts, request: RepointRequest, arguments: dict[str, str] | None = None) -> Plan:

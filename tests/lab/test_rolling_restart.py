@@ -90,3 +90,46 @@ def test_an_apiserver_that_does_not_come_back_stays_out_and_resume_finishes(lab,
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     check = kubeha_check(inventory_path)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def etcd_flags(inventory_path, *names: str) -> dict[str, dict[str, str | None]]:
+    """Those flags of each running etcd member, as its command line has them."""
+    with ClusterAccess(load_inventory(inventory_path)) as access:
+        cluster = access.cluster
+        running = {h.name: components.process(access, cluster, h, components.ETCD).flags or {}
+                   for h in cluster.etcd_members}
+    return {host: {name: flags.get(name) for name in names} for host, flags in running.items()}
+
+
+def test_etcd_flags_set_member_by_member_without_a_failed_request(lab, inventory_path, tmp_path):
+    timings = ("heartbeat-interval", "election-timeout")
+    before = etcd_flags(inventory_path, *timings)
+    plan = make_plan(inventory_path, "rolling-restart",
+                     {"component": "etcd", "set": "heartbeat-interval=50,election-timeout=500"})
+    run = run_plan(plan, inventory_path, tmp_path / "journal.sqlite")
+    assert_no_outage(run, longest_gap_ms=1000, vip_retry=True)
+    assert etcd_flags(inventory_path, *timings) == {h: {"heartbeat-interval": "50", "election-timeout": "500"}
+                                                     for h in before}
+    # etcd's own defaults, written out: the shared lab goes on as it was
+    back = make_plan(inventory_path, "rolling-restart",
+                     {"component": "etcd", "set": "heartbeat-interval=100,election-timeout=1000"})
+    run_plan(back, inventory_path, tmp_path / "journal.sqlite")
+    check = kubeha_check(inventory_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.layouts(Layout.KUBEADM)  # a static pod's manifest put back; a unit's takes the same step
+def test_a_flag_etcd_rejects_is_taken_back_and_the_member_serves_again(lab, inventory_path, tmp_path):
+    cluster = load_inventory(inventory_path).cluster
+    host = cluster.etcd_members[0]
+    path = lab.paths.on_host(host.name, components.file_of(cluster, host, components.ETCD))
+    original = path.read_bytes()
+    plan = make_plan(inventory_path, "rolling-restart",
+                     {"component": "etcd", "host": host.name, "set": "quota-backend-bytes=lots", "timeout": "20"})
+    run = run_plan(plan, inventory_path, tmp_path / "journal.sqlite", raises=False)
+    assert run.error is not None and host.name in str(run.error) and "rolled back" in str(run.error), run.error
+    assert_no_outage(run, longest_gap_ms=1000, vip_retry=True)
+    assert path.read_bytes() == original
+    assert etcd_flags(inventory_path, "quota-backend-bytes")[host.name] == {"quota-backend-bytes": None}
+    check = kubeha_check(inventory_path)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -29,3 +29,19 @@ def test_a_space_separated_flag_is_rewritten_and_a_missing_one_refused():
         replace_flag(unit, "etcd-cafile", "/x")
     with pytest.raises(InputError, match="white space"):
         replace_flag(unit, "etcd-servers", "a b")
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+def test_a_missing_flag_is_added_when_asked_and_the_file_still_parses(layout):
+    from kubeha.discover.configs import parse_flags
+    from kubeha.discover.discover import component_command
+    from kubeha.render.controlplane import render_etcd
+    cluster = Cluster(layout=layout, hosts=(MASTER,))
+    text = render_etcd(cluster, MASTER).content
+    assert "--election-timeout" not in text
+    changed = replace_flag(text, "election-timeout", "500", "etcd", add_missing=True)
+    changed = replace_flag(changed, "heartbeat-interval", "50", "etcd", add_missing=True)
+    before, after = (parse_flags(component_command(layout, t, "etcd")) for t in (text, changed))
+    assert after == {**before, "election-timeout": "500", "heartbeat-interval": "50"}
+    # set again: changed in place, not added twice
+    assert replace_flag(changed, "election-timeout", "1000", "etcd", add_missing=True).count("--election-timeout") == 1

@@ -83,6 +83,43 @@ def test_unsafe_restarts_are_refused_with_every_reason(cluster, components, host
         plan(cluster, components, hosts, unhealthy=unhealthy)
 
 
+def test_flags_set_with_the_restart_are_shown_and_passed_to_each_step():
+    p = plan(lab_cluster(Layout.KUBEASZ), "etcd", set_flags="--heartbeat-interval=50,election-timeout=500")
+    for s in p.steps:
+        if s.kind == "restart-component":
+            assert s.arguments["flags"] == {"heartbeat-interval": "50", "election-timeout": "500"}
+            assert [(c.target, c.after) for c in s.changes if c.kind.value == "file"] == [
+                ("/etc/systemd/system/etcd.service --heartbeat-interval", "50"),
+                ("/etc/systemd/system/etcd.service --election-timeout", "500")]
+            assert s.title.endswith("with --heartbeat-interval, --election-timeout set (out of every load balancer meanwhile)")
+            assert s.rollback.startswith("its file restored from the backup")
+    registry.validate(p)
+
+
+@pytest.mark.parametrize("components, flags, message", [
+    ("etcd", "election-timeout", "'election-timeout' is not FLAG=VALUE"),
+    ("etcd", "election-timeout=5 00", "not FLAG=VALUE"),
+    ("etcd", "Election=1", "not FLAG=VALUE"),
+    ("etcd", "election-timeout=500,election-timeout=600", "--election-timeout is set twice"),
+    ("kube-apiserver", "etcd-servers=https://10.0.0.21:2379", "--etcd-servers is kept right by kubeha"),
+    ("etcd", "initial-cluster=a=b", "--initial-cluster is kept right"),
+])
+def test_bad_flags_are_refused_by_name(components, flags, message):
+    with pytest.raises(InputError, match=message):
+        plan(lab_cluster(), components, set_flags=flags)
+
+
+@pytest.mark.parametrize("components, flags, message", [
+    ("etcd,kube-apiserver", "v=2", "name one component with --set"),
+    ("etcd", "election-timeout=400", r"--election-timeout \(400 ms\) must be at least 5 times --heartbeat-interval \(100 ms"),
+    ("etcd", "heartbeat-interval=50,election-timeout=200", "at least 5 times"),
+    ("etcd", "heartbeat-interval=fast", "are milliseconds"),
+])
+def test_flags_etcd_would_refuse_or_that_fit_no_one_program_are_refused(components, flags, message):
+    with pytest.raises(PlanError, match=message):
+        plan(lab_cluster(), components, set_flags=flags)
+
+
 def test_a_member_may_restart_only_while_the_others_keep_quorum():
     cluster = lab_cluster()
     m1, m2, m3 = (member(h) for h in cluster.etcd_members)

@@ -10,21 +10,24 @@ import sys
 
 import pytest
 
-# from the marked line on, only the other thread can receive the signal
+# from here on, only the other thread can receive the signal; "waiting" says it may come
 OTHER_THREAD = """
 import signal, threading, time
 threading.Thread(target=lambda: time.sleep(60), daemon=True).start()
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-print("waiting", flush=True)
 """
 STANDIN = """
 from kubeha.lab.standins.common import start_standin
 _, _, stopping = start_standin("test", [], {})
-""" + OTHER_THREAD + "stopping.wait()\n"
+""" + OTHER_THREAD + """
+print("waiting", flush=True)
+stopping.wait()
+"""
 PROBE_WAIT = """
 from kubeha.cli.probe import _wait
 """ + OTHER_THREAD + """
 try:
+    print("waiting", flush=True)  # in the try: a loaded machine may run the handler at once
     _wait(None)
 except KeyboardInterrupt:
     print("stopping", flush=True)

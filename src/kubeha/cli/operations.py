@@ -849,16 +849,22 @@ RestartHostsOption = Annotated[str | None, typer.Option(
 RestartTimeoutOption = Annotated[float | None, typer.Option(
     "--timeout", help="Seconds each component gets to come back restarted and healthy (default 120); one that "
                       "does not stops the run.")]
+RestartSetOption = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="FLAG=VALUE", help="Set this flag in the component's manifest or unit before each restart "
+                                        "(added where missing); repeatable; one component only.")]
 
 
-def _restart_arguments(component: str | None, host: str | None, timeout: float | None) -> dict[str, str]:
-    given = (("component", component), ("host", host), ("timeout", None if timeout is None else f"{timeout:g}"))
+def _restart_arguments(component: str | None, host: str | None, timeout: float | None,
+                       flags: list[str] | None) -> dict[str, str]:
+    given = (("component", component), ("host", host), ("timeout", None if timeout is None else f"{timeout:g}"),
+             ("set", ",".join(flags or ())))
     return {name: value for name, value in given if value}
 
 
 @plan_app.command("rolling-restart")
 def plan_rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
-                         timeout: RestartTimeoutOption = None, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                         timeout: RestartTimeoutOption = None, set_flags: RestartSetOption = None,
+                         inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
                          fmt: FormatOption = PlanFormat.TEXT, json_output: JsonFlag = False,
                          out_file: OutOption = None, verify: VerifyFlag = False) -> None:
     """Plan restarting control-plane components one host and one component at a time: an
@@ -871,13 +877,16 @@ def plan_rolling_restart(component: ComponentOption = None, host: RestartHostsOp
       kubeha plan rolling-restart -i cluster.yaml
 
       kubeha plan rolling-restart --component etcd,kube-apiserver --host m1,m2 --format markdown
+
+      kubeha plan rolling-restart --component etcd --set heartbeat-interval=50 --set election-timeout=500
     """
-    plan_command("rolling-restart", _restart_arguments(component, host, timeout), inventory, journal, fmt, json_output,
+    plan_command("rolling-restart", _restart_arguments(component, host, timeout, set_flags), inventory, journal, fmt, json_output,
                  out_file, verify)
 
 
 def rolling_restart(component: ComponentOption = None, host: RestartHostsOption = None,
-                    timeout: RestartTimeoutOption = None, inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
+                    timeout: RestartTimeoutOption = None, set_flags: RestartSetOption = None,
+                    inventory: InventoryOption = Path("cluster.yaml"), journal: JournalOption = None,
                     fmt: FormatOption = PlanFormat.TEXT, out_file: OutOption = None, yes: YesOption = False,
                     no_probe: NoProbeOption = False) -> None:
     """Restart control-plane components without a failed request: plan, show, confirm,
@@ -888,8 +897,10 @@ def rolling_restart(component: ComponentOption = None, host: RestartHostsOption 
       kubeha rolling-restart -i cluster.yaml
 
       kubeha rolling-restart --component kube-apiserver --yes
+
+      kubeha rolling-restart --component etcd --set heartbeat-interval=50 --set election-timeout=500
     """
-    run_now("rolling-restart", _restart_arguments(component, host, timeout), inventory, journal, fmt, out_file, yes,
+    run_now("rolling-restart", _restart_arguments(component, host, timeout, set_flags), inventory, journal, fmt, out_file, yes,
             no_probe)
 
 

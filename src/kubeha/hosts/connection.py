@@ -294,18 +294,22 @@ class HostConnection(OpenedWhileUsed):
             await self._back_up(wanted, backup)
             await self._execute(files.remove_command(*wanted), f"removing {_first_paths(wanted)}")
 
-    async def restore(self, backup: BackupSet) -> tuple[BackupEntry, ...]:
-        """Put every file the backup saved back as it was; returns the entries restored."""
+    async def restore(self, backup: BackupSet, paths: Sequence[str | PurePosixPath] | None = None
+                      ) -> tuple[BackupEntry, ...]:
+        """Put every file the backup saved back as it was (or only ``paths`` of them);
+        returns the entries restored."""
         manifest = await self._read_manifest(backup)
         if manifest is None:
             return ()  # the operation changed nothing on this host
-        for entry in reversed(manifest.entries):
+        wanted = None if paths is None else {str(_posix_path(path)) for path in paths}
+        entries = tuple(e for e in manifest.entries if wanted is None or e.path in wanted)
+        for entry in reversed(entries):
             if entry.existed:
                 await self._install(entry.path, str(backup.directory / entry.saved_as), entry.mode,
                                     f"{entry.uid}:{entry.gid}", f"restoring {entry.path}")
             else:
                 await self._execute(files.remove_command(entry.path), f"removing {entry.path}")
-        return manifest.entries
+        return entries
 
     async def _install(self, path: str, source: str, mode: int | None, owner: str | None,
                        what: str, content: bytes | None = None) -> None:

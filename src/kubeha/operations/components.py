@@ -189,7 +189,7 @@ def restart(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
         raise HostError(f"{host.name} has no {path}: does {component} run there?")
     changed = text.decode() if text is not None else ""
     for flag, value in (flags or {}).items():
-        changed = replace_flag(changed, flag, value, f"{host.name}:{path}")
+        changed = replace_flag(changed, flag, value, f"{host.name}:{path}", add_missing=True)
     since = process(access, cluster, host, component).now
     if static_pod:
         access.put_file(host, path, with_pod_annotation(changed, RESTART_ANNOTATION, token,
@@ -200,6 +200,20 @@ def restart(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
         access.run(host, ["systemctl", "daemon-reload"], check=True)
     access.run(host, ["systemctl", "restart", unit_of(component)], check=True)
     return since
+
+
+def restart_on_restored_file(access: ClusterAccess, cluster: Cluster, host: Host, component: str,
+                             backup: BackupSet, timeout: float = RESTART_TIMEOUT) -> None:
+    """Undo ``restart``'s flags: the component's file put back from ``backup`` and the
+    component restarted on it (a changed manifest is the kubelet's cue); nothing when the
+    file was not changed."""
+    since = process(access, cluster, host, component).now
+    if not access.restore(host, backup, [file_of(cluster, host, component)]):
+        return
+    if not runs_as_static_pod(cluster, host, component):
+        access.run(host, ["systemctl", "daemon-reload"], check=True)
+        access.run(host, ["systemctl", "restart", unit_of(component)], check=True)
+    wait_restarted(access, cluster, host, component, since, timeout)
 
 
 def why_unhealthy(access: ClusterAccess, cluster: Cluster, host: Host, component: str,

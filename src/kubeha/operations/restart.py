@@ -26,7 +26,8 @@ from kubeha.operations.etcd_view import (
     cluster_view_factory, etcd_healthy, lb_spare, majority_while_down, read_etcd_state, vip_held,
 )
 from kubeha.operations.restart_plan import (
-    MAJORITY_WHILE_DOWN, parse_components, parse_timeout, restart_hosts, restart_refusals, rolling_restart_plan,
+    MAJORITY_WHILE_DOWN, parse_components, parse_flag_settings, parse_timeout, restart_hosts, restart_refusals,
+    rolling_restart_plan,
 )
 from kubeha.plan import Plan, Registry, StepContext, StepKind, StepNotVerified, ViewFactory
 from kubeha.plan import inventory_digest, new_operation_id
@@ -93,9 +94,13 @@ class RestartComponent(StepKind):
             raise StepNotVerified(f"the apiserver on {host.name} is not back in every load balancer")
 
     def rollback(self, ctx: StepContext) -> None:
-        """Nothing to take back but the drain: the apiserver goes back in if it is ready;
-        otherwise it stays out, so that no request is sent to it."""
+        """The flags it set taken back (the file restored, the component restarted on it),
+        then the drain: the apiserver goes back in if it is ready; otherwise it stays out, so
+        that no request is sent to it."""
         access, cluster, host, component = self._parts(ctx)
+        if ctx.step.arguments.get("flags"):
+            components.restart_on_restored_file(access, cluster, host, component, ctx.step_backup_set,
+                                                float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT))
         if not ctx.step.arguments.get("drain") or self._back_in(ctx):
             return
         try:
@@ -112,23 +117,26 @@ for _kind in (RestartComponent(), MoveLeader()):
 class RollingRestart(Operation):
     """``component``: C[,C...] (default the apiserver, controller-manager and scheduler);
     ``host``: H[,H...] (default every host running one of them); ``timeout``: seconds each
-    component gets to come back (default 120)."""
+    component gets to come back (default 120); ``set``: FLAG=VALUE[,...] set in the one
+    component's file before each restart."""
 
     name = "rolling-restart"
     registry = registry
 
-    def _request(self, cluster: Cluster, arguments: Mapping[str, str]) -> tuple[tuple[str, ...], list[Host], float]:
+    def _request(self, cluster: Cluster, arguments: Mapping[str, str]
+                 ) -> tuple[tuple[str, ...], list[Host], float, dict[str, str]]:
         chosen = parse_components(arguments.get("component"))
-        return chosen, restart_hosts(cluster, chosen, arguments.get("host")), parse_timeout(arguments.get("timeout"))
+        return (chosen, restart_hosts(cluster, chosen, arguments.get("host")), parse_timeout(arguments.get("timeout")),
+                parse_flag_settings(arguments.get("set")))
 
     def check_arguments(self, inventory: Inventory, arguments: Mapping[str, str]) -> None:
-        chosen, hosts, _ = self._request(inventory.cluster, arguments)
-        refuse_input(self.name, restart_refusals(inventory.cluster, chosen, hosts, unhealthy_members=()))
+        chosen, hosts, _, flags = self._request(inventory.cluster, arguments)
+        refuse_input(self.name, restart_refusals(inventory.cluster, chosen, hosts, unhealthy_members=(), flags=flags))
 
     def make_plan(self, access: ClusterAccess, inventory: Inventory, inventory_path: Path,
                   arguments: Mapping[str, str]) -> Plan:
         cluster = inventory.cluster
-        chosen, hosts, timeout = self._request(cluster, arguments)
+        chosen, hosts, timeout, flags = self._request(cluster, arguments)
         leader_host, unhealthy = None, []
         if components.ETCD in chosen:
             state = read_etcd_state(access.etcd())
@@ -141,7 +149,7 @@ class RollingRestart(Operation):
             operation=self.name, operation_id=new_operation_id(self.name), arguments=arguments, cluster=cluster,
             components=chosen, hosts=hosts, leader_host=leader_host, unhealthy_members=unhealthy,
             inventory_digest=inventory_digest(inventory_path.read_text()), now=datetime.now(timezone.utc),
-            timeout=timeout)
+            timeout=timeout, flags=flags)
 
     def view_factory(self, access: ClusterAccess, plan: Plan) -> ViewFactory:
         return cluster_view_factory(access)

@@ -10,6 +10,7 @@ goes last.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -51,11 +52,62 @@ def parse_timeout(text: str | None) -> float:
     return seconds
 
 
+# flags operations keep right (an apiserver's etcd list, a member's identity and peers): set
+# through `--set`, one host's would disagree with what kubeha plans from
+MANAGED_FLAGS = frozenset({
+    "etcd-servers", "advertise-address", "name", "data-dir", "initial-cluster", "initial-cluster-state",
+    "initial-advertise-peer-urls", "advertise-client-urls", "listen-client-urls", "listen-peer-urls",
+})
+_FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def parse_flag_settings(text: str | None) -> dict[str, str]:
+    """``election-timeout=500,heartbeat-interval=50`` (a leading ``--`` allowed) -> the flags
+    to set; InputError naming every bad one."""
+    flags: dict[str, str] = {}
+    reasons = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, equals, value = item.strip().removeprefix("--").partition("=")
+        if not equals or not _FLAG_NAME.fullmatch(name) or not value or any(c.isspace() for c in value):
+            reasons.append(f"{item.strip()!r} is not FLAG=VALUE")
+        elif name in flags:
+            reasons.append(f"--{name} is set twice")
+        elif name in MANAGED_FLAGS:
+            reasons.append(f"--{name} is kept right by kubeha's operations (etcd migrate, migrate-masters, "
+                           "change-endpoint), not set by hand")
+        else:
+            flags[name] = value
+    if reasons:
+        raise InputError("; ".join(reasons))
+    return flags
+
+
+def _etcd_timing_reasons(flags: Mapping[str, str]) -> list[str]:
+    """etcd refuses to start with an election timeout under 5 heartbeats (its docs advise 10)."""
+    timings = {name: flags.get(name, default) for name, default in (("heartbeat-interval", "100"),
+                                                                     ("election-timeout", "1000"))}
+    if not any(name in flags for name in timings):
+        return []
+    if not all(value.isdigit() and int(value) > 0 for value in timings.values()):
+        return [f"etcd's --heartbeat-interval and --election-timeout are milliseconds: got {timings}"]
+    heartbeat, election = (int(timings[name]) for name in ("heartbeat-interval", "election-timeout"))
+    if election < 5 * heartbeat:
+        return [f"etcd's --election-timeout ({election} ms) must be at least 5 times --heartbeat-interval "
+                f"({heartbeat} ms; unset flags count at etcd's defaults, 100 and 1000)"]
+    return []
+
+
 def restart_refusals(cluster: Cluster, components: Sequence[str], hosts: Sequence[Host],
-                     unhealthy_members: Sequence[str]) -> list[str]:
+                     unhealthy_members: Sequence[str], flags: Mapping[str, str] | None = None) -> list[str]:
     """Every reason the rolling restart must not be planned."""
     reasons = [f"{h.name} runs none of {', '.join(components)}"
                for h in hosts if not any(runs_on(cluster, h, c) for c in components)]
+    if flags and len(components) != 1:
+        reasons.append(f"flags belong to one program: name one component with --set (got {', '.join(components)})")
+    elif flags and components[0] == ETCD:
+        reasons += _etcd_timing_reasons(flags)
     if APISERVER in components and len(cluster.masters) < 2:
         reasons.append("kube-apiserver on the only master cannot restart without an outage: add a master first")
     if ETCD in components:
@@ -86,7 +138,7 @@ def restart_step(cluster: Cluster, host: Host, component: str, timeout: float = 
     changes = [Change(kind=ChangeKind.SERVICE, target=component, host=host.name, before="running",
                       after="restarted")]
     changes += [Change(kind=ChangeKind.FILE, target=f"{file_of(cluster, host, component)} --{flag}", host=host.name,
-                       before="as when it first started", after=value) for flag, value in (flags or {}).items()]
+                       before="as the file has it", after=value) for flag, value in (flags or {}).items()]
     if runs_as_static_pod(cluster, host, component):
         changes.append(Change(kind=ChangeKind.FILE, target=str(file_of(cluster, host, component)), host=host.name,
                               before="manifest", after="manifest + restart annotation"))
@@ -104,12 +156,13 @@ def restart_step(cluster: Cluster, host: Host, component: str, timeout: float = 
     return Step(
         id=f"restart-{component}-{host.name}", kind="restart-component",
         title=f"Restart {component} on {host.name}"
-        + (f" with {', '.join(f'--{flag}' for flag in flags)} as it now must be" if flags else "")
+        + (f" with {', '.join(f'--{flag}' for flag in flags)} set" if flags else "")
         + (" (out of every load balancer meanwhile)" if drain else ""),
         hosts=(host.name,), changes=tuple(changes), safety_checks=checks,
-        verification=f"a new {component} process answers its health check"
+        verification=f"a new {component} process{' runs with the flags and' if flags else ''} answers its health check"
         + ("; the apiserver is back in every load balancer" if drain else ""),
-        rollback="nothing to undo; an apiserver that is not ready stays out of the load balancers",
+        rollback=("its file restored from the backup and the component restarted on it; " if flags else "nothing to undo; ")
+        + "an apiserver that is not ready stays out of the load balancers",
         estimated_seconds=30 if drain else 15, arguments=arguments)  # type: ignore[arg-type]
 
 
@@ -127,10 +180,11 @@ def _move_leader_step(cluster: Cluster, host: Host) -> Step:
 def rolling_restart_plan(*, operation: str, operation_id: str, arguments: Mapping[str, str], cluster: Cluster,
                          components: Sequence[str], hosts: Sequence[Host], leader_host: str | None,
                          unhealthy_members: Sequence[str], inventory_digest: str, now: datetime,
-                         timeout: float = RESTART_TIMEOUT) -> Plan:
+                         timeout: float = RESTART_TIMEOUT, flags: Mapping[str, str] | None = None) -> Plan:
     """The plan, or PlanError naming every reason it must not be made. ``leader_host``: the
-    host whose etcd member leads (it restarts last, after leadership moved off it)."""
-    reasons = restart_refusals(cluster, components, hosts, unhealthy_members)
+    host whose etcd member leads (it restarts last, after leadership moved off it).
+    ``flags``: set in the component's file before each restart (added where missing)."""
+    reasons = restart_refusals(cluster, components, hosts, unhealthy_members, flags)
     if reasons:
         raise PlanError(f"{operation} refused: " + "; ".join(reasons))
     ordered = sorted(hosts, key=lambda h: ETCD in components and h.name == leader_host)
@@ -141,10 +195,11 @@ def rolling_restart_plan(*, operation: str, operation_id: str, arguments: Mappin
                 continue
             if component == ETCD and host.name == leader_host:
                 steps.append(_move_leader_step(cluster, host))
-            steps.append(restart_step(cluster, host, component, timeout))
+            steps.append(restart_step(cluster, host, component, timeout, flags))
     return Plan.build(operation=operation, operation_id=operation_id, arguments=dict(arguments), created=now,
                       inventory_digest=inventory_digest, steps=tuple(steps))
 
 
-__all__ = ["MAJORITY_WHILE_DOWN", "parse_components", "parse_timeout", "restart_hosts", "restart_refusals",
+__all__ = ["MAJORITY_WHILE_DOWN", "MANAGED_FLAGS", "parse_components", "parse_flag_settings", "parse_timeout",
+           "restart_hosts", "restart_refusals",
            "restart_step", "rolling_restart_plan"]

@@ -16,16 +16,27 @@ from kubeha.errors import InputError
 from kubeha.render._text import dump_yaml, new_yaml
 
 
-def replace_flag(text: str, flag: str, value: str, source: str = "file") -> str:
+def replace_flag(text: str, flag: str, value: str, source: str = "file", *, add_missing: bool = False) -> str:
     """``text`` with ``--flag=value`` wherever ``--flag=...`` or ``--flag ...`` was (a static
-    pod's command list or a unit's ExecStart); InputError when the flag is not there."""
+    pod's command list or a unit's ExecStart). A flag that is not there is InputError, or
+    with ``add_missing`` added as the first flag: a new item of the command list, or right
+    after the program on the ExecStart line."""
     if any(c.isspace() for c in value):
         raise InputError(f"--{flag} value {value!r} holds white space")
     pattern = re.compile(rf"--{re.escape(flag)}(?:=|[ \t]+)[^\s\"'\\]+")
     changed, count = pattern.subn(lambda m: f"--{flag}={value}", text)
-    if count == 0:
-        raise InputError(f"{source} has no --{flag} flag to change")
-    return changed
+    if count:
+        return changed
+    if add_missing:
+        if program := _EXEC_START.search(text):
+            return f"{text[:program.end()]} --{flag}={value}{text[program.end():]}"
+        if item := _FIRST_FLAG_ITEM.search(text):
+            return f"{text[:item.start()]}{item.group(1)}--{flag}={value}\n{text[item.start():]}"
+    raise InputError(f"{source} has no --{flag} flag to change")
+
+
+_EXEC_START = re.compile(r"^ExecStart=[^\s\\]+", re.MULTILINE)
+_FIRST_FLAG_ITEM = re.compile(r"^([ \t]*-[ \t]+)[\"']?--", re.MULTILINE)  # a static pod's command list
 
 
 def with_pod_annotation(text: str, key: str, value: str, source: str = "manifest") -> str:
