@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from helpers.operations import (
-    assert_no_outage, assert_nodes_untouched_and_check_passes, kubeha_check, make_plan, resume_cli, run_plan, workloads,
+    assert_no_outage, assert_nodes_untouched_and_check_passes, kubeha_check, make_plan, resume_cli, rollback_cli,
+    run_plan, workloads,
 )
 
 from kubeha.access import ClusterAccess
@@ -101,19 +102,25 @@ def etcd_flags(inventory_path, *names: str) -> dict[str, dict[str, str | None]]:
     return {host: {name: flags.get(name) for name in names} for host, flags in running.items()}
 
 
-def test_etcd_flags_set_member_by_member_without_a_failed_request(lab, inventory_path, tmp_path):
+def test_etcd_flags_set_member_by_member_without_a_failed_request_and_rolled_back(lab, inventory_path, tmp_path):
     timings = ("heartbeat-interval", "election-timeout")
-    before = etcd_flags(inventory_path, *timings)
+    cluster = load_inventory(inventory_path).cluster
+    files = {h.name: lab.paths.on_host(h.name, components.file_of(cluster, h, components.ETCD))
+             for h in cluster.etcd_members}
+    originals = {name: path.read_bytes() for name, path in files.items()}
+    # longer than etcd's defaults: a shared, loaded test machine must not see spurious elections
     plan = make_plan(inventory_path, "rolling-restart",
-                     {"component": "etcd", "set": "heartbeat-interval=50,election-timeout=500"})
-    run = run_plan(plan, inventory_path, tmp_path / "journal.sqlite")
+                     {"component": "etcd", "set": "heartbeat-interval=100,election-timeout=1500"})
+    journal = tmp_path / "journal.sqlite"
+    run = run_plan(plan, inventory_path, journal)
     assert_no_outage(run, longest_gap_ms=1000, vip_retry=True)
-    assert etcd_flags(inventory_path, *timings) == {h: {"heartbeat-interval": "50", "election-timeout": "500"}
-                                                     for h in before}
-    # etcd's own defaults, written out: the shared lab goes on as it was
-    back = make_plan(inventory_path, "rolling-restart",
-                     {"component": "etcd", "set": "heartbeat-interval=100,election-timeout=1000"})
-    run_plan(back, inventory_path, tmp_path / "journal.sqlite")
+    assert etcd_flags(inventory_path, *timings) == {name: {"heartbeat-interval": "100", "election-timeout": "1500"}
+                                                     for name in files}
+    # `kubeha rollback` takes the flags back, member by member: the shared lab goes on as it was
+    rolled = rollback_cli(plan.operation_id, inventory_path, journal)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert {name: path.read_bytes() for name, path in files.items()} == originals
+    assert etcd_flags(inventory_path, *timings) == {name: dict.fromkeys(timings) for name in files}
     check = kubeha_check(inventory_path)
     assert check.returncode == 0, check.stdout + check.stderr
 

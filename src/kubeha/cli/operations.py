@@ -583,7 +583,7 @@ def rollback(
     with _open_journal(journal_path) as opened:
         plan, op, loaded = _journaled(operation_id_argument(operation_id), opened, inventory)
         todo = [step for step in steps_to_undo(plan, opened.steps(operation_id))
-                if not getattr(op.registry.kind(step.kind), "nothing_to_undo", False)]
+                if not op.registry.kind(step.kind).leaves_nothing_to_undo(step)]
         if not todo:
             out.print(f"{operation_id}: nothing to undo (no step kubeha changed is left un-undone)", soft_wrap=True)
             return

@@ -29,7 +29,7 @@ from kubeha.operations.restart_plan import (
     MAJORITY_WHILE_DOWN, parse_components, parse_flag_settings, parse_timeout, restart_hosts, restart_refusals,
     rolling_restart_plan,
 )
-from kubeha.plan import Plan, Registry, StepContext, StepKind, StepNotVerified, ViewFactory
+from kubeha.plan import Plan, Registry, Step, StepContext, StepKind, StepNotVerified, ViewFactory
 from kubeha.plan import inventory_digest, new_operation_id
 
 # how long a failed restart's rollback waits for the apiserver to be ready before leaving it out
@@ -43,7 +43,9 @@ for _name, _check in ((ETCD_HEALTHY, etcd_healthy), (MAJORITY_WHILE_DOWN, majori
 
 class RestartComponent(StepKind):
     name = "restart-component"
-    nothing_to_undo = True  # a restart leaves nothing to take back; `kubeha rollback` passes over it
+
+    def leaves_nothing_to_undo(self, step: Step) -> bool:
+        return not step.arguments.get("flags")  # a bare restart leaves nothing to take back
 
     @staticmethod
     def _parts(ctx: StepContext) -> tuple[ClusterAccess, Cluster, Host, str]:
@@ -94,11 +96,14 @@ class RestartComponent(StepKind):
             raise StepNotVerified(f"the apiserver on {host.name} is not back in every load balancer")
 
     def rollback(self, ctx: StepContext) -> None:
-        """The flags it set taken back (the file restored, the component restarted on it),
-        then the drain: the apiserver goes back in if it is ready; otherwise it stays out, so
-        that no request is sent to it."""
+        """The flags it set taken back (out of every load balancer again when it drains: asked
+        for by `kubeha rollback`, the restart was done; the file restored, the component
+        restarted on it), then the drain: the apiserver goes back in if it is ready; otherwise
+        it stays out, so that no request is sent to it."""
         access, cluster, host, component = self._parts(ctx)
         if ctx.step.arguments.get("flags"):
+            if ctx.step.arguments.get("drain"):
+                take_out(access, cluster, host.name, ctx.step_backup_set)
             components.restart_on_restored_file(access, cluster, host, component, ctx.step_backup_set,
                                                 float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT))
         if not ctx.step.arguments.get("drain") or self._back_in(ctx):

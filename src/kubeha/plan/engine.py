@@ -309,7 +309,7 @@ class _Run:
 
     def _rollback_steps(self) -> RunOutcome:
         todo = [step for step in steps_to_undo(self.plan, self.journal.steps(self.op))
-                if not self.registry.kind(step.kind).nothing_to_undo]
+                if not self.registry.kind(step.kind).leaves_nothing_to_undo(step)]
         irreversible = [step.id for step in todo if not step.reversible]
         for step in todo:
             self._between_steps(step, "undoing")

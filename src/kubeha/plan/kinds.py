@@ -76,6 +76,11 @@ class StepKind(ABC):
     # move): `kubeha rollback` passes over it
     nothing_to_undo: ClassVar[bool] = False
 
+    def leaves_nothing_to_undo(self, step: Step) -> bool:
+        """Whether `kubeha rollback` passes over ``step``: the kind's ``nothing_to_undo``,
+        unless the kind tells by the step's arguments."""
+        return self.nothing_to_undo
+
     def precheck(self, ctx: StepContext) -> list[str]:
         """Reasons, beyond the plan's named safety checks, not to run this step now."""
         return []
