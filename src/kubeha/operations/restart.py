@@ -92,6 +92,11 @@ class RestartComponent(StepKind):
         why = components.why_unhealthy(access, cluster, host, component)
         if why is not None:
             raise StepNotVerified(f"{component} on {host.name} is not healthy: {why}")
+        flags: dict[str, str] = ctx.step.arguments.get("flags") or {}  # type: ignore[assignment]
+        running = (components.process(access, cluster, host, component).flags or {}) if flags else {}
+        unlike = [f"--{flag}={value}" for flag, value in flags.items() if running.get(flag) != value]
+        if unlike:
+            raise StepNotVerified(f"{component} on {host.name} does not run with {', '.join(unlike)}")
         if not self._back_in(ctx):
             raise StepNotVerified(f"the apiserver on {host.name} is not back in every load balancer")
 
