@@ -384,8 +384,7 @@ def facts_after(facts: EtcdFacts, cluster: Cluster, steps: Sequence[Step]) -> Et
             members = [m for m in members if step.arguments["peer_url"] not in m.peer_urls]
         elif step.kind in ("apiserver-etcd-servers", "master-component") and step.arguments.get("etcd_servers"):
             servers[host] = tuple(str(url) for url in step.arguments["etcd_servers"])  # type: ignore[union-attr]
-        elif step.kind == "master-component" and step.arguments.get("component") == APISERVER \
-                and not step.arguments.get("start"):
+        elif _stops_apiserver(step):
             servers.pop(host, None)
         elif step.kind == "calico-etcd-endpoints":
             calico = tuple(str(url) for url in step.arguments["etcd_servers"])  # type: ignore[union-attr]
@@ -445,15 +444,19 @@ def migrate_masters_plan(*, operation: str, operation_id: str, arguments: Mappin
                       inventory_digest=inventory_digest, steps=tuple(accept_later_values(_stopped_later(steps))))
 
 
+def _stops_apiserver(step: Step) -> bool:
+    """Whether ``step`` stops its host's apiserver for good (a master's removal)."""
+    return step.kind == "master-component" and step.arguments.get("component") == APISERVER \
+        and not step.arguments.get("start")
+
+
 def _superseded_dropped(steps: Sequence[Step], joined: set[str]) -> list[Step]:
     """``steps`` without each apiserver repoint of ``joined`` that a later step repoints
     again or stops for good: it would restart the apiserver only to add a member that just
     joined to a list that names live ones; the later repoint adds it (its change then shows
     the list the apiserver still has)."""
     def touches(step: Step, host: object) -> bool:
-        return step.arguments.get("host") == host and (step.kind == "apiserver-etcd-servers" or (
-            step.kind == "master-component" and step.arguments.get("component") == APISERVER
-            and not step.arguments.get("start")))
+        return step.arguments.get("host") == host and (step.kind == "apiserver-etcd-servers" or _stops_apiserver(step))
 
     kept: list[Step] = []
     unchanged: dict[object, str | None] = {}  # host -> the list its dropped repoint found
@@ -473,8 +476,7 @@ def _stopped_later(steps: Sequence[Step]) -> list[Step]:
     """``steps`` with each apiserver repoint naming the later step that stops that apiserver
     for good (``stopped_by``; an old master's, repointed while its new one joins): once
     stopped, it has nothing left to repoint, and a resumed run must not start it again."""
-    stops = {str(s.arguments["host"]): (i, s.id) for i, s in enumerate(steps) if s.kind == "master-component"
-             and s.arguments.get("component") == APISERVER and not s.arguments.get("start")}
+    stops = {str(s.arguments["host"]): (i, s.id) for i, s in enumerate(steps) if _stops_apiserver(s)}
     marked = list(steps)
     for i, step in enumerate(marked):
         index, stop = stops.get(str(step.arguments.get("host")), (-1, ""))

@@ -54,6 +54,10 @@ class RestartComponent(StepKind):
             str(ctx.step.arguments["component"])
 
     @staticmethod
+    def _timeout(ctx: StepContext) -> float:
+        return float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT)  # type: ignore[arg-type]
+
+    @staticmethod
     def _token(ctx: StepContext) -> str:
         return components.restart_token(ctx.plan.operation_id, ctx.step.id)
 
@@ -82,8 +86,7 @@ class RestartComponent(StepKind):
             take_out(access, cluster, host.name, backup)
         flags = ctx.step.arguments.get("flags") or None
         since = components.restart(access, cluster, host, component, self._token(ctx), backup, flags)  # type: ignore[arg-type]
-        components.wait_restarted(access, cluster, host, component, since,
-                                  float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT))
+        components.wait_restarted(access, cluster, host, component, since, self._timeout(ctx))
         if ctx.step.arguments.get("drain"):
             put_back(access, cluster, host.name, backup)
 
@@ -110,7 +113,7 @@ class RestartComponent(StepKind):
             if ctx.step.arguments.get("drain"):
                 take_out(access, cluster, host.name, ctx.step_backup_set)
             components.restart_on_restored_file(access, cluster, host, component, ctx.step_backup_set,
-                                                float(ctx.step.arguments.get("timeout") or components.RESTART_TIMEOUT))
+                                                self._timeout(ctx))
         if not ctx.step.arguments.get("drain") or self._back_in(ctx):
             return
         try:
